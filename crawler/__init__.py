@@ -1,0 +1,1 @@
+"""sitesearch crawler: a Scrapy project (robots.txt → sitemaps → frontier → fetch → raw store)."""

@@ -1,0 +1,54 @@
+"""Scrapy settings, derived from the one typed settings object (:mod:`indexer.config`).
+
+Scrapy reads this module through ``scrapy.cfg`` (``scrapy crawl site -a instance=ID``)
+or ``SCRAPY_SETTINGS_MODULE=crawler.settings``.  Edit defaults in ``indexer/config.py``,
+not here.
+"""
+
+from __future__ import annotations
+
+from indexer.config import get_settings
+
+_s = get_settings()
+
+BOT_NAME = "sitesearch"
+SPIDER_MODULES = ["crawler.spiders"]
+NEWSPIDER_MODULE = "crawler.spiders"
+
+USER_AGENT = _s.user_agent
+# robots.txt is fetched and obeyed by the spider itself (RFC 9309 matcher in crawler/robots.py),
+# because Scrapy's middleware neither follows RFC 9309's status rules nor lets us log skips per job.
+ROBOTSTXT_OBEY = False
+
+# --- concurrency and politeness ---------------------------------------------------
+CONCURRENT_REQUESTS = _s.concurrent_requests
+CONCURRENT_REQUESTS_PER_DOMAIN = _s.concurrent_requests_per_host
+DOWNLOAD_DELAY = _s.download_delay  # seconds; robots.txt Crawl-delay overrides per host
+AUTOTHROTTLE_ENABLED = _s.autothrottle
+AUTOTHROTTLE_START_DELAY = 0.0  # seconds
+AUTOTHROTTLE_TARGET_CONCURRENCY = float(_s.concurrent_requests_per_host)
+DOWNLOAD_TIMEOUT = _s.download_timeout  # seconds
+
+# --- downloads -----------------------------------------------------------------------
+DOWNLOAD_MAXSIZE = 64 * 1024 * 1024  # bytes: sitemaps may be 50 MB; pages set their own 4 MB cap
+DOWNLOAD_WARNSIZE = 0
+REDIRECT_MAX_TIMES = 5  # RFC 9309 §2.3.1.2: follow at least five redirects
+RETRY_TIMES = 2
+COOKIES_ENABLED = False
+COMPRESSION_ENABLED = True
+
+# Strict priority order, FIFO within one priority (Scrapy's default is LIFO).
+SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
+SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
+
+# --- services we do not want inside a crawler ----------------------------------------------
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
+LOG_LEVEL = "INFO"
+LOGSTATS_INTERVAL = 30.0  # seconds
+
+# Per-host concurrency that holds, and robots.txt Crawl-delay applied (see crawler/downloader.py).
+DOWNLOADER = "crawler.downloader.PoliteDownloader"
+
+# --- our components ------------------------------------------------------------------------
+EXTENSIONS = {"crawler.indexing.IndexingExtension": 500}

@@ -1,0 +1,117 @@
+"""The one typed settings object for sitesearch.
+
+Every process (API server, crawler, CLI) builds its configuration from
+:class:`Settings`, read from ``SITESEARCH_*`` environment variables (or a
+``.env`` file).  Components receive a ``Settings`` instance; they never read
+``os.environ`` themselves.  Scrapy's UPPERCASE settings in
+``crawler/settings.py`` are derived from this object.
+
+Defaults are declared once, here, grouped by prefix, with units in comments.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexer import __version__
+
+#: Product token robots.txt groups are matched against (RFC 9309).
+USER_AGENT_TOKEN = "sitesearch"
+PROJECT_URL = "https://github.com/sitesearch/sitesearch"
+
+
+class Settings(BaseSettings):
+    """Service-wide settings; per-instance options live on the instance."""
+
+    model_config = SettingsConfigDict(env_prefix="SITESEARCH_", env_file=".env", extra="ignore")
+
+    # --- storage -------------------------------------------------------------
+    data_dir: Path = Field(default=Path("data"), description="Root of all local state.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/state.db"
+    )
+    chroma_url: str | None = Field(
+        default=None, description="http://host:port of a `chroma run` server; default embedded"
+    )
+
+    # --- API -----------------------------------------------------------------
+    api_token: str | None = Field(default=None, description="Bootstrap bearer token (all permissions)")
+    account_id: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 8787
+    max_instances: int = 50
+
+    # --- embeddings ------------------------------------------------------------
+    model_dir: Path | None = Field(
+        default=None, description="An ONNX model directory (model.onnx + tokenizer.json); default: built-in MiniLM"
+    )
+    embed_threads: int | None = None  # onnxruntime intra-op threads; None = all cores
+    embed_batch_size: int = 32  # chunks per onnxruntime call
+
+    # --- crawling --------------------------------------------------------------
+    concurrent_requests: int = 16  # whole crawler process
+    concurrent_requests_per_host: int = 4
+    download_delay: float = 0.0  # seconds between requests to one host (Crawl-delay overrides)
+    download_timeout: float = 30.0  # seconds
+    autothrottle: bool = True
+    max_page_bytes: int = 4 * 1024 * 1024  # pages over this are skipped (bytes)
+    max_pages_per_instance: int = 1_000_000
+    frontier_batch: int = 500  # URLs moved from the on-disk frontier to Scrapy at a time
+
+    # --- jobs ------------------------------------------------------------------
+    index_poll_interval: float = 0.5  # seconds between looks at the pending-index queue
+
+    @property
+    def user_agent(self) -> str:
+        """Full User-Agent header: product token, version and a URL (RFC 9309 §2.2.1)."""
+        return f"{USER_AGENT_TOKEN}/{__version__} (+{PROJECT_URL})"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The state database URL, defaulting to SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'state.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built ONNX models are cached."""
+        return self.data_dir / "models"
+
+    @property
+    def pages_dir(self) -> Path:
+        """Raw page store (our counterpart of the R2 bucket)."""
+        return self.data_dir / "pages"
+
+    @property
+    def chroma_dir(self) -> Path:
+        """Embedded Chroma persistence directory."""
+        return self.data_dir / "chroma"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings (cached; tests build their own ``Settings``)."""
+    return Settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``SITESEARCH_*`` variables that make a child process see the same storage and model."""
+    env = {
+        "SITESEARCH_DATA_DIR": str(settings.data_dir.resolve()),
+        "SITESEARCH_DATABASE_URL": settings.resolved_database_url,
+        "SITESEARCH_ACCOUNT_ID": settings.account_id,
+    }
+    if settings.chroma_url:
+        env["SITESEARCH_CHROMA_URL"] = settings.chroma_url
+    if settings.model_dir:
+        env["SITESEARCH_MODEL_DIR"] = str(settings.model_dir.resolve())
+    if settings.embed_threads:
+        env["SITESEARCH_EMBED_THREADS"] = str(settings.embed_threads)
+    for name in ("concurrent_requests", "concurrent_requests_per_host", "download_delay", "max_page_bytes",
+                 "max_pages_per_instance", "frontier_batch"):
+        env[f"SITESEARCH_{name.upper()}"] = str(getattr(settings, name))
+    env["SITESEARCH_AUTOTHROTTLE"] = "1" if settings.autothrottle else "0"
+    return env

@@ -1,0 +1,113 @@
+"""Main-content extraction: HTML → Markdown with title and absolute links (trafilatura).
+
+Bad input is logged and yields an empty document, never an exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+import lxml.etree
+import lxml.html
+import trafilatura
+from trafilatura.metadata import extract_metadata
+
+logger = logging.getLogger(__name__)
+
+_WS = re.compile(r"[ \t]+")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """The text of a page as indexed."""
+
+    title: str
+    markdown: str
+    canonical: str | None = None
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of title + Markdown: unchanged hash means nothing to re-embed."""
+        return hashlib.sha256(f"{self.title}\n{self.markdown}".encode()).hexdigest()
+
+
+def extract_html(html: bytes | str, url: str, *, fast: bool = False) -> Extracted:
+    """Extract the main content of an HTML page as Markdown.
+
+    Args:
+        html: the page's bytes (any encoding lxml can detect) or text.
+        url: the page URL; relative links are resolved against it.
+        fast: skip trafilatura's fallback extractors (for very large pages).
+
+    Returns:
+        The title, the Markdown body and the ``<link rel=canonical>`` href (absolute), if any.
+    """
+    try:
+        tree = lxml.html.fromstring(html)
+    except (lxml.etree.ParserError, ValueError) as exc:
+        logger.warning("cannot parse HTML of %s: %s", url, exc)
+        return Extracted(title="", markdown="")
+    try:
+        tree.make_links_absolute(url, resolve_base_href=True, handle_failures="discard")
+    except ValueError:
+        pass
+    canonical = _canonical(tree)
+    title = _title(tree, url)
+    try:
+        text = trafilatura.extract(
+            copy.deepcopy(tree),
+            url=url,
+            output_format="markdown",
+            include_links=True,
+            include_formatting=True,
+            include_tables=True,
+            include_comments=False,
+            fast=fast,
+        )
+    except Exception:  # trafilatura raises assorted errors on odd trees
+        logger.exception("trafilatura failed on %s", url)
+        text = None
+    if not text:
+        text = _plain_text(tree)
+    return Extracted(title=title, markdown=_tidy(text), canonical=canonical)
+
+
+def extract_text_document(data: str, *, title: str = "") -> Extracted:
+    """Wrap plain text or Markdown as an extracted document."""
+    return Extracted(title=title, markdown=_tidy(data))
+
+
+def _title(tree: lxml.html.HtmlElement, url: str) -> str:
+    try:
+        meta = extract_metadata(copy.deepcopy(tree), default_url=url)
+        if meta is not None and meta.title:
+            return meta.title.strip()
+    except Exception:
+        logger.debug("metadata extraction failed on %s", url, exc_info=True)
+    node = tree.find(".//title")
+    return (node.text_content().strip() if node is not None else "") or ""
+
+
+def _canonical(tree: lxml.html.HtmlElement) -> str | None:
+    for link in tree.iterfind(".//link[@rel][@href]"):
+        if "canonical" in link.get("rel", "").lower().split():
+            href = link.get("href", "").strip()
+            return href or None
+    return None
+
+
+def _plain_text(tree: lxml.html.HtmlElement) -> str:
+    for bad in tree.xpath("//script|//style|//noscript|//template"):
+        bad.drop_tree()
+    body = tree.find(".//body")
+    return (body if body is not None else tree).text_content()
+
+
+def _tidy(text: str) -> str:
+    lines = [_WS.sub(" ", line).rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()

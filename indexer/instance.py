@@ -1,0 +1,187 @@
+"""An instance's configuration: the typed shape of Cloudflare's create-instance body.
+
+Field names follow the seeds and ``shared/CLOUDFLARE_API.md`` so a Cloudflare AI
+Search user's request bodies work unchanged.  The crawler, the indexer and the
+API all read an instance's options through :class:`InstanceConfig`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from indexer.pathfilter import validate_patterns
+from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, MAX_CHUNK_OVERLAP, MIN_CHUNK_SIZE
+
+INSTANCE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 7230 token
+MAX_HEADERS = 5
+MAX_SITEMAPS = 5
+MAX_PATTERNS = 10
+SYNC_INTERVALS = (3600, 7200, 14400, 21600, 43200, 86400)  # seconds, as in Cloudflare's API
+DEFAULT_SYNC_INTERVAL = 21600  # 6 hours
+DEFAULT_EMBEDDING_MODEL = "sitesearch/all-MiniLM-L6-v2-onnx"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class DiscoverOptions(_Model):
+    """Link discovery (``parse_type: "discover"``, or the fallback when a site has no sitemap)."""
+
+    source: Literal["all", "sitemaps", "links"] = "all"
+    depth: int = Field(default=5, ge=0, le=20)
+    limit: int = Field(default=100_000, ge=1, le=100_000)
+    max_age: int | None = Field(default=None, ge=0, le=604_800)
+    include_external_links: bool = False
+    include_subdomains: bool = False
+
+
+class ContentSelector(_Model):
+    path: str
+    selector: str
+
+
+class ParseOptions(_Model):
+    specific_sitemaps: list[str] = Field(default_factory=list)
+    include_headers: dict[str, str] = Field(default_factory=dict)
+    use_browser_rendering: bool = False
+    content_selector: list[ContentSelector] = Field(default_factory=list)
+    include_images: bool = False
+
+    @field_validator("specific_sitemaps")
+    @classmethod
+    def _sitemaps(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_SITEMAPS:
+            raise ValueError(f"at most {MAX_SITEMAPS} sitemaps (got {len(v)})")
+        for url in v:
+            if not isinstance(url, str) or not url.strip():
+                raise ValueError("sitemap URLs must be non-empty strings")
+        return [u.strip() for u in v]
+
+    @field_validator("include_headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_HEADERS:
+            raise ValueError(f"at most {MAX_HEADERS} headers (got {len(v)})")
+        for name, value in v.items():
+            if not HEADER_NAME_RE.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if not isinstance(value, str) or "\r" in value or "\n" in value or "\0" in value:
+                raise ValueError(f"invalid value for header {name!r} (no CR, LF or NUL)")
+        return v
+
+
+class WebCrawler(_Model):
+    parse_type: Literal["sitemap", "discover", "crawl", "feed-rss"] = "sitemap"
+    parse_options: ParseOptions = Field(default_factory=ParseOptions)
+    discover_options: DiscoverOptions = Field(default_factory=DiscoverOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _crawl_options_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "crawl_options" in data and "discover_options" not in data:
+            data = {**data, "discover_options": data["crawl_options"]}
+        return data
+
+
+class SourceParams(_Model):
+    include_items: list[str] = Field(default_factory=list)
+    exclude_items: list[str] = Field(default_factory=list)
+    prefix: str | None = None
+    web_crawler: WebCrawler = Field(default_factory=WebCrawler)
+
+    @field_validator("include_items", "exclude_items")
+    @classmethod
+    def _patterns(cls, v: list[str], info: Any) -> list[str]:
+        return validate_patterns(v, field=f"source_params.{info.field_name}")
+
+
+class InstanceConfig(_Model):
+    """Everything configurable on an instance (defaults as documented)."""
+
+    id: str
+    type: Literal["web-crawler", "r2"] = "r2"
+    source: str | None = None
+    source_params: SourceParams = Field(default_factory=SourceParams)
+    # indexing
+    chunk: bool = True
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=MIN_CHUNK_SIZE, le=512)
+    chunk_overlap: int = Field(default=DEFAULT_CHUNK_OVERLAP, ge=0, le=MAX_CHUNK_OVERLAP)
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    # retrieval
+    max_num_results: int = Field(default=10, ge=1, le=50)
+    match_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    # sync
+    sync_interval: int = DEFAULT_SYNC_INTERVAL
+    sync_schedule: str | None = None
+    paused: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "score_threshold" in data and "match_threshold" not in data:
+            data = {**data, "match_threshold": data["score_threshold"]}
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not INSTANCE_ID_RE.match(v or ""):
+            raise ValueError("must be 1-64 characters of lowercase letters, digits, '-' and '_', starting and ending with a letter or digit")
+        return v
+
+    @field_validator("sync_interval")
+    @classmethod
+    def _interval(cls, v: int) -> int:
+        if v not in SYNC_INTERVALS:
+            raise ValueError(f"must be one of {', '.join(map(str, SYNC_INTERVALS))} (seconds)")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> InstanceConfig:
+        if self.type == "web-crawler":
+            if not self.source:
+                raise ValueError("source: a web-crawler instance needs a domain or base URL")
+            self.source = normalize_source(self.source)
+        return self
+
+    # --- derived -----------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """Scheme, host and port of the website (``https://example.com``)."""
+        assert self.source is not None
+        parts = urlsplit(self.source)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def host(self) -> str:
+        """Hostname the crawl stays on."""
+        assert self.source is not None
+        return (urlsplit(self.source).hostname or "").lower()
+
+    @property
+    def parse_options(self) -> ParseOptions:
+        return self.source_params.web_crawler.parse_options
+
+
+def normalize_source(source: str) -> str:
+    """Turn ``example.com`` or ``http://127.0.0.1:8000/docs`` into an absolute http(s) URL.
+
+    Raises:
+        ValueError: when the value is not a domain or http(s) URL.
+    """
+    value = source.strip()
+    if "://" not in value:
+        value = "https://" + value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"source: {source!r} is not a domain or an http(s) URL")
+    if any(c in value for c in " \t\r\n\0"):
+        raise ValueError(f"source: {source!r} contains whitespace")
+    path = parts.path or "/"
+    return f"{parts.scheme}://{parts.netloc.lower()}{path}"

@@ -1,0 +1,129 @@
+"""Cloudflare metadata filters → Chroma ``where`` clauses.
+
+Filter shape (seeds, "Metadata"): a comparison ``{"type": eq|ne|gt|gte|lt|lte,
+"key", "value"}`` or one compound ``{"type": and|or, "filters": [comparisons]}``
+(no nesting; ``or`` only with ``eq`` on a single key).  Keys: ``folder``,
+``filename``, ``timestamp`` (ms, compared rounded down to seconds), and
+``context``.
+
+Chroma compares numbers but not strings, so a string range (the documented
+folder "starts with" idiom ``gt "customer-a//"`` + ``lte "customer-a/z"``) is
+evaluated here against the instance's distinct values of that key, read from the
+state database, and sent to Chroma as an exact ``$in`` list.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
+COMPOUNDS = ("and", "or")
+STRING_KEYS = ("folder", "filename", "context")
+NUMERIC_KEYS = ("timestamp",)
+KEYS = STRING_KEYS + NUMERIC_KEYS
+_NEVER = "\x00no-match\x00"
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+DistinctValues = Callable[[str], Iterable[str]]
+
+
+class FilterError(ValueError):
+    """A filter the API cannot accept; the message names the field."""
+
+
+def round_timestamp(value: Any, *, field: str = "filters.value") -> int:
+    """Milliseconds rounded down to whole seconds (as the seeds specify)."""
+    try:
+        ms = int(float(value))
+    except (TypeError, ValueError):
+        raise FilterError(f"{field}: timestamp must be a number of milliseconds, got {value!r}") from None
+    return ms - ms % 1000
+
+
+def compile_filters(
+    filters: Mapping[str, Any] | None,
+    distinct: DistinctValues,
+    *,
+    folder_prefix: str | None = None,
+    field: str = "filters",
+) -> dict[str, Any] | None:
+    """Translate a Cloudflare filter (plus an optional tenant folder prefix) into a Chroma ``where``.
+
+    Args:
+        filters: the request's ``filters`` object, or None.
+        distinct: returns the distinct stored values of a string key (for string ranges).
+        folder_prefix: restrict to folders starting with this prefix (token multitenancy).
+        field: the request field name, for error messages.
+
+    Returns:
+        A Chroma ``where`` dict, or None for "no restriction".
+
+    Raises:
+        FilterError: malformed or unsupported filter.
+    """
+    clauses: list[dict[str, Any]] = []
+    if filters:
+        if not isinstance(filters, Mapping):
+            raise FilterError(f"{field}: must be an object")
+        clauses.append(_compile_top(filters, distinct, field))
+    if folder_prefix:
+        folders = [f for f in distinct("folder") if f.startswith(folder_prefix)]
+        clauses.append({"folder": {"$in": folders or [_NEVER]}})
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> dict[str, Any]:
+    ftype = f.get("type")
+    if ftype in COMPOUNDS:
+        subs = f.get("filters")
+        if not isinstance(subs, list) or not subs:
+            raise FilterError(f"{field}.filters: a compound filter needs a non-empty list of filters")
+        compiled = []
+        for i, sub in enumerate(subs):
+            sub_field = f"{field}.filters[{i}]"
+            if not isinstance(sub, Mapping):
+                raise FilterError(f"{sub_field}: must be an object")
+            if sub.get("type") in COMPOUNDS:
+                raise FilterError(f"{sub_field}: compound filters cannot be nested")
+            if ftype == "or" and sub.get("type") != "eq":
+                raise FilterError(f"{sub_field}.type: 'or' filters only allow 'eq' comparisons")
+            compiled.append(_compile_comparison(sub, distinct, sub_field))
+        if ftype == "or":
+            keys = {sub.get("key") for sub in subs}
+            if len(keys) != 1:
+                raise FilterError(f"{field}.filters: all 'or' conditions must use the same key")
+        if len(compiled) == 1:
+            return compiled[0]
+        return {"$and" if ftype == "and" else "$or": compiled}
+    return _compile_comparison(f, distinct, field)
+
+
+def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> dict[str, Any]:
+    op = f.get("type")
+    key = f.get("key")
+    if op not in COMPARISONS:
+        raise FilterError(f"{field}.type: must be one of {', '.join(COMPARISONS + COMPOUNDS)}, got {op!r}")
+    if key not in KEYS:
+        raise FilterError(f"{field}.key: must be one of {', '.join(KEYS)}, got {key!r}")
+    if "value" not in f:
+        raise FilterError(f"{field}.value: field required")
+    value = f["value"]
+    if key in NUMERIC_KEYS:
+        return {key: {f"${op}": round_timestamp(value, field=f"{field}.value")}}
+    if not isinstance(value, str):
+        raise FilterError(f"{field}.value: must be a string for key {key!r}")
+    if op in ("eq", "ne"):
+        return {key: {f"${op}": value}}
+    matches = sorted(v for v in distinct(key) if v is not None and _OPS[op](v, value))
+    return {key: {"$in": matches or [_NEVER]}}

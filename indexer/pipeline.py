@@ -1,0 +1,166 @@
+"""The indexing pipeline: stored raw page → Markdown → chunks → embeddings → Chroma.
+
+:class:`Indexer` processes one item at a time from the raw store and records the
+outcome on the item and on the job that fetched it.  A page whose extracted
+content hash has not changed re-embeds nothing.  Pages that answered 404/410
+have their chunks removed and are marked ``deleted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_text
+from indexer.config import Settings
+from indexer.embedder import Embedder
+from indexer.extract import Extracted, extract_html, extract_text_document
+from indexer.rawstore import RawStore
+from indexer.state import StateStore
+from indexer.vectorstore import VectorStore, folder_for_url
+
+logger = logging.getLogger(__name__)
+
+GONE_STATUSES = (404, 410)
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
+FAST_EXTRACT_BYTES = 1024 * 1024  # above this, trafilatura runs without its slow fallbacks
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOutcome:
+    """What happened to one item."""
+
+    status: str  # indexed | unchanged | deleted | skipped | error
+    chunks: int = 0
+    message: str | None = None
+
+
+class Indexer:
+    """Indexes fetched items into the vector store.
+
+    Args:
+        settings: service settings (size limits).
+        state: the state store (items, jobs).
+        vectors: the vector store (must be owned by this process when embedded).
+        embedder: the embedding model.
+        raw: the raw page store.
+    """
+
+    def __init__(
+        self, settings: Settings, state: StateStore, vectors: VectorStore, embedder: Embedder, raw: RawStore
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.vectors = vectors
+        self.embedder = embedder
+        self.raw = raw
+
+    def process_pending(self, *, limit: int = 16) -> int:
+        """Index up to ``limit`` items waiting in status ``fetched``; returns how many were processed."""
+        batch = self.state.claim_pending(limit=limit)
+        for item in batch:
+            self.index_item(item)
+        return len(batch)
+
+    def index_item(self, item: dict[str, Any]) -> IndexOutcome:
+        """Index one fetched item and record the outcome (never raises on bad content)."""
+        job_id = item.get("pending_job")
+        try:
+            outcome = self._index(item)
+        except Exception as exc:  # an unexpected failure must not stop the queue
+            logger.exception("indexing %s failed", item["key"])
+            outcome = IndexOutcome("error", message=f"indexing failed: {exc.__class__.__name__}: {exc}")
+        self._record(item, outcome, job_id)
+        return outcome
+
+    def remove_item(self, item: dict[str, Any]) -> None:
+        """Delete an item's chunks and stored page and mark it ``deleted``."""
+        self.vectors.delete_item(item["instance_id"], item["id"])
+        self.raw.delete(item["instance_id"], item["id"])
+        self.state.update_item(item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None)
+
+    # --- internals ---------------------------------------------------------------
+    def _index(self, item: dict[str, Any]) -> IndexOutcome:
+        instance_id = item["instance_id"]
+        if item.get("http_status") in GONE_STATUSES:
+            self.vectors.delete_item(instance_id, item["id"])
+            self.raw.delete(instance_id, item["id"])
+            return IndexOutcome("deleted", message=f"HTTP {item['http_status']}: removed from the index")
+        page = self.raw.get(instance_id, item["id"])
+        if page is None:
+            return IndexOutcome("error", message="stored page is missing")
+        if len(page.body) > self.settings.max_page_bytes:
+            return IndexOutcome(
+                "skipped",
+                message=f"Skipped: {len(page.body)} bytes is over the {self.settings.max_page_bytes} byte page limit",
+            )
+        doc = self._extract(page.body, page.content_type, page.url)
+        if doc is None:
+            return IndexOutcome("skipped", message=f"Skipped: unsupported content type {page.content_type!r}")
+        if doc.content_hash == item.get("content_hash") and item.get("status") in ("fetched", "indexed"):
+            if item.get("chunks", 0) > 0 or not doc.markdown:
+                return IndexOutcome("unchanged", chunks=item.get("chunks", 0))
+        config = self._instance_config(instance_id)
+        chunks = chunk_text(
+            doc.markdown,
+            # the model's max input counts [CLS] and [SEP]; count_tokens does not
+            chunk_size=min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2),
+            overlap_pct=int(config.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP)),
+            count_tokens=self.embedder.count_tokens,
+            token_offsets=self.embedder.tokenize_offsets,
+        )
+        to_embed = [f"{doc.title}\n\n{c}" if doc.title else c for c in chunks]
+        vectors = self.embedder.embed(to_embed)
+        timestamp_ms = int(item.get("fetched_at") or time.time()) * 1000  # ms, rounded down to seconds
+        meta = {
+            "item_id": item["id"],
+            "filename": item["key"],
+            "folder": item.get("folder") or folder_for_url(item["key"]),
+            "timestamp": timestamp_ms,
+            "title": doc.title,
+        }
+        if item.get("context"):
+            meta["context"] = item["context"]
+        metadatas = [{**meta, "chunk": i} for i in range(len(chunks))]
+        self.vectors.replace_item(instance_id, item["id"], chunks, vectors, metadatas)
+        self.state.update_item(item["id"], content_hash=doc.content_hash, title=doc.title, folder=meta["folder"])
+        return IndexOutcome("indexed", chunks=len(chunks))
+
+    def _extract(self, body: bytes, content_type: str, url: str) -> Extracted | None:
+        ctype = (content_type or "").split(";")[0].strip().lower()
+        if not ctype or ctype in HTML_TYPES:
+            return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES)
+        if ctype in TEXT_TYPES:
+            return extract_text_document(body.decode("utf-8", errors="replace"))
+        return None
+
+    def _instance_config(self, instance_id: str) -> dict[str, Any]:
+        inst = self.state.get_instance(instance_id)
+        return dict(inst["config"]) if inst else {}
+
+    def _record(self, item: dict[str, Any], outcome: IndexOutcome, job_id: str | None) -> None:
+        now = time.time()
+        if outcome.status == "indexed":
+            self.state.update_item(
+                item["id"], status="indexed", chunks=outcome.chunks, indexed_at=now, error=None, pending_job=None
+            )
+            self.state.incr_job(job_id, indexed=1)
+        elif outcome.status == "unchanged":
+            self.state.update_item(item["id"], status="indexed", error=None, pending_job=None)
+            self.state.incr_job(job_id, unchanged=1)
+        elif outcome.status == "deleted":
+            self.state.update_item(item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None)
+            self.state.incr_job(job_id, deleted=1)
+        elif outcome.status == "skipped":
+            self.vectors.delete_item(item["instance_id"], item["id"])
+            self.state.update_item(item["id"], status="skipped", chunks=0, error=outcome.message, pending_job=None)
+            self.state.incr_job(job_id, skipped=1)
+        else:
+            self.state.update_item(item["id"], status="error", error=outcome.message, pending_job=None)
+            self.state.incr_job(job_id, errors=1)
+        if outcome.message:
+            level = "error" if outcome.status == "error" else "info"
+            self.state.log(job_id, outcome.message, url=item["key"], level=level)

@@ -1,0 +1,531 @@
+"""Durable state: instances, items (one per URL or uploaded file), jobs, job logs, tokens.
+
+SQLite by default (WAL mode, so the crawler process and the API server share it),
+any SQLAlchemy URL otherwise.  All reads and writes of state go through
+:class:`StateStore`; nothing else issues SQL.
+
+The ``items`` table doubles as the crawl frontier: the spider records every
+discovered URL with its sitemap ``priority`` and discovery sequence, and pulls
+batches back out in ``priority DESC, seq ASC`` order, so a site with a million
+URLs is scheduled from disk in bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("source", Text, nullable=True),
+    Column("config", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("modified_at", Float, nullable=False),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("key", Text, nullable=False),  # the URL for crawled pages, the object key for uploads
+    Column("origin", String(16), nullable=False, default="sitemap"),  # sitemap | link | upload
+    Column("status", String(16), nullable=False, default="queued"),
+    Column("error", Text),
+    Column("http_status", Integer),
+    Column("priority", Float, nullable=False, default=0.5),
+    Column("seq", Integer, nullable=False, default=0),
+    Column("depth", Integer, nullable=False, default=0),
+    Column("lastmod", String(64)),
+    Column("changefreq", String(16)),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("content_hash", String(64)),
+    Column("title", Text),
+    Column("folder", Text),
+    Column("filename", Text),
+    Column("context", Text),
+    Column("chunks", Integer, nullable=False, default=0),
+    Column("fetched_at", Float),
+    Column("indexed_at", Float),
+    Column("seen_job", String(36)),  # last job that discovered this URL
+    Column("pending_job", String(36)),  # job waiting for this item's indexing
+    UniqueConstraint("instance_id", "key", name="uq_items_instance_key"),
+)
+Index("ix_items_frontier", items.c.instance_id, items.c.seen_job, items.c.priority, items.c.seq)
+Index("ix_items_pending", items.c.status, items.c.pending_job)
+
+JOB_COUNTERS = (
+    "discovered",
+    "skipped_by_rule",
+    "skipped",
+    "not_modified",
+    "fetched",
+    "unchanged",
+    "indexed",
+    "deleted",
+    "errors",
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("instance_id", String(64), nullable=False, index=True),
+    Column("source", String(16), nullable=False),  # manual | schedule | cli
+    Column("status", String(16), nullable=False),  # queued | running | completed | failed | cancelled
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("end_reason", Text),
+    Column("crawl_done", Boolean, nullable=False, default=False),
+    Column("pid", Integer),
+    *(Column(name, Integer, nullable=False, default=0) for name in JOB_COUNTERS),
+)
+
+job_logs = Table(
+    "job_logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(36), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("url", Text),
+    Column("message", Text, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("permissions", JSON, nullable=False),
+    Column("folder_prefix", Text),
+    Column("created_at", Float, nullable=False),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+ACTIVE_JOB_STATUSES = ("queued", "running")
+ITEM_NAMESPACE = uuid.UUID("5f0c8a52-2d33-4c1e-9d7e-0e3c1a7b9f10")
+
+
+def item_id_for(instance_id: str, key: str) -> str:
+    """Stable item id (the API's ``file_id``) for a key within an instance."""
+    return str(uuid.uuid5(ITEM_NAMESPACE, f"{instance_id}\n{key}"))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL mode and a generous busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def _row(r: Any) -> dict[str, Any] | None:
+    return dict(r._mapping) if r is not None else None
+
+
+class StateStore:
+    """Every read and write of durable state.
+
+    Args:
+        url: SQLAlchemy database URL.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+        self._sqlite = url.startswith("sqlite")
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+    # --- meta ------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(meta.delete().where(meta.c.key == key))
+            c.execute(meta.insert().values(key=key, value=value))
+
+    # --- instances -----------------------------------------------------------------
+    def create_instance(self, instance_id: str, type_: str, source: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        with self.engine.begin() as c:
+            c.execute(
+                instances.insert().values(
+                    id=instance_id, type=type_, source=source, config=dict(config), created_at=now, modified_at=now
+                )
+            )
+        return self.get_instance(instance_id)  # type: ignore[return-value]
+
+    def get_instance(self, instance_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(select(instances).where(instances.c.id == instance_id)).first())
+
+    def list_instances(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(select(instances).order_by(instances.c.created_at))]
+
+    def count_instances(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.count()).select_from(instances)).scalar() or 0)
+
+    def update_instance_config(self, instance_id: str, config: Mapping[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                instances.update()
+                .where(instances.c.id == instance_id)
+                .values(config=dict(config), modified_at=time.time())
+            )
+
+    def delete_instance(self, instance_id: str) -> None:
+        """Delete an instance with its items, jobs and logs."""
+        with self.engine.begin() as c:
+            job_ids = select(jobs.c.id).where(jobs.c.instance_id == instance_id)
+            c.execute(job_logs.delete().where(job_logs.c.job_id.in_(job_ids)))
+            c.execute(jobs.delete().where(jobs.c.instance_id == instance_id))
+            c.execute(items.delete().where(items.c.instance_id == instance_id))
+            c.execute(instances.delete().where(instances.c.id == instance_id))
+
+    # --- jobs ----------------------------------------------------------------------
+    def create_job(self, instance_id: str, source: str, *, status: str = "queued") -> dict[str, Any]:
+        job_id = str(uuid.uuid4())
+        with self.engine.begin() as c:
+            c.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    instance_id=instance_id,
+                    source=source,
+                    status=status,
+                    created_at=time.time(),
+                    crawl_done=False,
+                    **{k: 0 for k in JOB_COUNTERS},
+                )
+            )
+        return self.get_job(job_id)  # type: ignore[return-value]
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(select(jobs).where(jobs.c.id == job_id)).first())
+
+    def list_jobs(self, instance_id: str, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            q = (
+                select(jobs)
+                .where(jobs.c.instance_id == instance_id)
+                .order_by(jobs.c.created_at.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def active_job(self, instance_id: str) -> dict[str, Any] | None:
+        """The queued or running job of an instance, if any."""
+        with self.engine.connect() as c:
+            q = select(jobs).where(jobs.c.instance_id == instance_id, jobs.c.status.in_(ACTIVE_JOB_STATUSES))
+            return _row(c.execute(q.order_by(jobs.c.created_at.desc())).first())
+
+    def jobs_with_status(self, *statuses: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(select(jobs).where(jobs.c.status.in_(statuses)))]
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+
+    def finish_job(self, job_id: str, status: str, reason: str | None = None) -> bool:
+        """Move a job to a final status unless it already has one. Returns True if it changed."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE_JOB_STATUSES))
+                .values(status=status, ended_at=time.time(), end_reason=reason)
+            )
+            return bool(res.rowcount)
+
+    def incr_job(self, job_id: str | None, **deltas: int) -> None:
+        """Atomically add to job counters (safe across processes)."""
+        if not job_id or not deltas:
+            return
+        unknown = set(deltas) - set(JOB_COUNTERS)
+        if unknown:
+            raise ValueError(f"unknown job counters: {sorted(unknown)}")
+        values = {k: getattr(jobs.c, k) + v for k, v in deltas.items() if v}
+        if not values:
+            return
+        with self.engine.begin() as c:
+            c.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+
+    def log(self, job_id: str | None, message: str, *, url: str | None = None, level: str = "info") -> None:
+        """Append a line to a job's log (no-op without a job)."""
+        self.log_many(job_id, [(url, message, level)])
+
+    def log_many(self, job_id: str | None, lines: Iterable[tuple[str | None, str, str]]) -> None:
+        """Append ``(url, message, level)`` lines to a job's log in one transaction."""
+        if not job_id:
+            return
+        now = time.time()
+        rows = [{"job_id": job_id, "ts": now, "url": u, "message": m, "level": lv} for u, m, lv in lines]
+        if rows:
+            with self.engine.begin() as c:
+                c.execute(job_logs.insert(), rows)
+
+    def job_logs(self, job_id: str, *, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """One page of a job's log lines, oldest first, and the total count."""
+        with self.engine.connect() as c:
+            total = c.execute(select(func.count()).select_from(job_logs).where(job_logs.c.job_id == job_id)).scalar()
+            q = select(job_logs).where(job_logs.c.job_id == job_id).order_by(job_logs.c.id).limit(limit).offset(offset)
+            return [dict(r._mapping) for r in c.execute(q)], int(total or 0)
+
+    # --- items: discovery and frontier ---------------------------------------------
+    def record_discovered(self, instance_id: str, job_id: str | None, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Upsert discovered URLs (``key, priority, seq, lastmod, changefreq, origin, depth``).
+
+        A URL already discovered by this job keeps its first position (the
+        highest-priority / earliest sighting wins). Returns how many rows were new to this job.
+        """
+        if not rows:
+            return 0
+        new = 0
+        with self.engine.begin() as c:
+            keys = [r["key"] for r in rows]
+            seen_now = {
+                k
+                for (k,) in c.execute(
+                    select(items.c.key).where(
+                        items.c.instance_id == instance_id, items.c.key.in_(keys), items.c.seen_job == job_id
+                    )
+                )
+            }
+            payload = []
+            for r in rows:
+                if r["key"] in seen_now:
+                    continue
+                seen_now.add(r["key"])
+                new += 1
+                payload.append(
+                    {
+                        "id": item_id_for(instance_id, r["key"]),
+                        "instance_id": instance_id,
+                        "key": r["key"],
+                        "origin": r.get("origin", "sitemap"),
+                        "status": "queued",
+                        "priority": r.get("priority", 0.5),
+                        "seq": r["seq"],
+                        "depth": r.get("depth", 0),
+                        "lastmod": r.get("lastmod"),
+                        "changefreq": r.get("changefreq"),
+                        "seen_job": job_id,
+                        "chunks": 0,
+                    }
+                )
+            if payload:
+                ins = sqlite_insert(items) if self._sqlite else _pg_insert(items)
+                update_cols = ("origin", "priority", "seq", "depth", "lastmod", "changefreq", "seen_job")
+                stmt = ins.on_conflict_do_update(
+                    index_elements=["instance_id", "key"],
+                    set_={k: getattr(ins.excluded, k) for k in update_cols},
+                )
+                c.execute(stmt, payload)
+        return new
+
+    def frontier_batch(
+        self, instance_id: str, job_id: str, *, after: tuple[float, int] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Next URLs of this job's frontier in ``priority DESC, seq ASC`` order (keyset pagination)."""
+        q = select(items).where(items.c.instance_id == instance_id, items.c.seen_job == job_id)
+        if after is not None:
+            prio, seq = after
+            q = q.where((items.c.priority < prio) | ((items.c.priority == prio) & (items.c.seq > seq)))
+        q = q.order_by(items.c.priority.desc(), items.c.seq.asc()).limit(limit)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    # --- items: per-item state ---------------------------------------------------------
+    def get_item(self, instance_id: str, item_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            q = select(items).where(items.c.instance_id == instance_id, items.c.id == item_id)
+            return _row(c.execute(q).first())
+
+    def get_item_by_id(self, item_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(select(items).where(items.c.id == item_id)).first())
+
+    def get_item_by_key(self, instance_id: str, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            q = select(items).where(items.c.instance_id == instance_id, items.c.key == key)
+            return _row(c.execute(q).first())
+
+    def ensure_item(self, instance_id: str, key: str, **values: Any) -> dict[str, Any]:
+        """Get the item for ``key``, creating it with ``values`` if missing."""
+        existing = self.get_item_by_key(instance_id, key)
+        if existing:
+            return existing
+        with self.engine.begin() as c:
+            c.execute(
+                items.insert().values(
+                    id=item_id_for(instance_id, key),
+                    instance_id=instance_id,
+                    key=key,
+                    status=values.pop("status", "queued"),
+                    priority=values.pop("priority", 0.5),
+                    seq=values.pop("seq", 0),
+                    depth=values.pop("depth", 0),
+                    chunks=0,
+                    **values,
+                )
+            )
+        return self.get_item_by_key(instance_id, key)  # type: ignore[return-value]
+
+    def update_item(self, item_id: str, **values: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(items.update().where(items.c.id == item_id).values(**values))
+
+    def list_items(
+        self, instance_id: str, *, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        q = select(items).where(items.c.instance_id == instance_id)
+        cq = select(func.count()).select_from(items).where(items.c.instance_id == instance_id)
+        if status:
+            q = q.where(items.c.status == status)
+            cq = cq.where(items.c.status == status)
+        with self.engine.connect() as c:
+            total = int(c.execute(cq).scalar() or 0)
+            rows = [dict(r._mapping) for r in c.execute(q.order_by(items.c.key).limit(limit).offset(offset))]
+        return rows, total
+
+    def claim_pending(self, *, limit: int, instance_id: str | None = None) -> list[dict[str, Any]]:
+        """Items fetched but not yet indexed (status ``fetched``), oldest first."""
+        q = select(items).where(items.c.status == "fetched")
+        if instance_id:
+            q = q.where(items.c.instance_id == instance_id)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q.order_by(items.c.fetched_at).limit(limit))]
+
+    def count_pending(self, job_id: str) -> int:
+        with self.engine.connect() as c:
+            q = select(func.count()).select_from(items).where(items.c.pending_job == job_id, items.c.status == "fetched")
+            return int(c.execute(q).scalar() or 0)
+
+    def distinct_values(self, instance_id: str, key: str) -> list[str]:
+        """Distinct stored values of a filterable string key (``folder``, ``filename``, ``context``)."""
+        column = {"folder": items.c.folder, "filename": items.c.key, "context": items.c.context}[key]
+        with self.engine.connect() as c:
+            q = select(column).where(items.c.instance_id == instance_id, column.is_not(None)).distinct()
+            return [v for (v,) in c.execute(q)]
+
+    def item_stats(self, instance_id: str) -> dict[str, int]:
+        """Counts of items by status and the total of indexed chunks."""
+        with self.engine.connect() as c:
+            by_status = dict(
+                c.execute(
+                    select(items.c.status, func.count())
+                    .where(items.c.instance_id == instance_id)
+                    .group_by(items.c.status)
+                ).all()
+            )
+            chunks = c.execute(
+                select(func.coalesce(func.sum(items.c.chunks), 0)).where(items.c.instance_id == instance_id)
+            ).scalar()
+        out = {str(k): int(v) for k, v in by_status.items()}
+        out["chunks"] = int(chunks or 0)
+        return out
+
+    # --- tokens ---------------------------------------------------------------------
+    def create_token(
+        self, name: str, secret_hash: str, permissions: Sequence[str], *, folder_prefix: str | None = None
+    ) -> dict[str, Any]:
+        token_id = str(uuid.uuid4())
+        with self.engine.begin() as c:
+            c.execute(
+                tokens.insert().values(
+                    id=token_id,
+                    name=name,
+                    secret_hash=secret_hash,
+                    permissions=list(permissions),
+                    folder_prefix=folder_prefix,
+                    created_at=time.time(),
+                )
+            )
+        return self.get_token(token_id)  # type: ignore[return-value]
+
+    def get_token(self, token_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(select(tokens).where(tokens.c.id == token_id)).first())
+
+    def token_by_hash(self, secret_hash: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(select(tokens).where(tokens.c.secret_hash == secret_hash)).first())
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(select(tokens).order_by(tokens.c.created_at))]
+
+    def delete_token(self, token_id: str) -> bool:
+        with self.engine.begin() as c:
+            return bool(c.execute(tokens.delete().where(tokens.c.id == token_id)).rowcount)
+
+    def delete_tokens_named(self, name: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(tokens.delete().where(tokens.c.name == name))
+
+
+def _pg_insert(table: Table) -> Any:
+    from sqlalchemy.dialects.postgresql import insert
+
+    return insert(table)
+

@@ -1,0 +1,179 @@
+"""Chroma vector store: one collection per instance, embeddings always supplied by us.
+
+The client comes from settings: an embedded ``PersistentClient`` under the data
+directory by default, or a ``chroma run`` server when ``SITESEARCH_CHROMA_URL`` is set.
+
+Embedded Chroma keeps its HNSW index in the memory of the process that opened it:
+a second process's writes are not seen by the first one's queries.  So exactly
+one process at a time owns an embedded store, marked by an exclusive lock file
+(:func:`try_own_embedded_store`); a crawler that cannot get it leaves pages
+``fetched`` and the owner (the API server) indexes them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from indexer.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkHit:
+    """One chunk returned by a vector query."""
+
+    chunk_id: str
+    text: str
+    metadata: dict[str, Any]
+    score: float  # cosine similarity clipped to [0, 1]
+
+
+def collection_name(instance_id: str) -> str:
+    """Chroma collection name for an instance (3-512 chars of [A-Za-z0-9._-])."""
+    return f"ss-{instance_id}-v1"
+
+
+class StoreLock:
+    """An exclusive, process-lifetime lock on the embedded store directory."""
+
+    def __init__(self, fh: TextIO) -> None:
+        self._fh = fh
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+        finally:
+            self._fh.close()
+
+
+def try_own_embedded_store(settings: Settings) -> StoreLock | None:
+    """Take the embedded store's writer lock without blocking; None if another process has it."""
+    settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(settings.chroma_dir / ".owner.lock", "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return StoreLock(fh)
+
+
+class VectorStore:
+    """Chunks and their embeddings, per instance.
+
+    Args:
+        settings: where the store lives (embedded path or server URL).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        if settings.chroma_url:
+            parts = urlsplit(settings.chroma_url)
+            self.client = chromadb.HttpClient(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or (443 if parts.scheme == "https" else 8000),
+                ssl=parts.scheme == "https",
+                settings=chroma_settings,
+            )
+        else:
+            settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+            self.client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+        self._collections: dict[str, Any] = {}
+
+    def _collection(self, instance_id: str) -> Any:
+        col = self._collections.get(instance_id)
+        if col is None:
+            col = self.client.get_or_create_collection(
+                collection_name(instance_id),
+                embedding_function=None,
+                metadata={"hnsw:space": "cosine"},
+            )
+            self._collections[instance_id] = col
+        return col
+
+    def replace_item(
+        self,
+        instance_id: str,
+        item_id: str,
+        texts: Sequence[str],
+        embeddings: np.ndarray,
+        metadatas: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """Replace all chunks of one item with new ones (no stale chunks left behind)."""
+        col = self._collection(instance_id)
+        col.delete(where={"item_id": item_id})
+        if not texts:
+            return
+        ids = [f"{item_id}:{i}" for i in range(len(texts))]
+        col.add(
+            ids=ids,
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            documents=list(texts),
+            metadatas=[dict(m) for m in metadatas],
+        )
+
+    def delete_item(self, instance_id: str, item_id: str) -> None:
+        """Remove every chunk of an item."""
+        self._collection(instance_id).delete(where={"item_id": item_id})
+
+    def drop_instance(self, instance_id: str) -> None:
+        """Delete an instance's collection."""
+        self._collections.pop(instance_id, None)
+        try:
+            self.client.delete_collection(collection_name(instance_id))
+        except Exception:  # missing collection: nothing to drop
+            logger.debug("no collection for %s", instance_id)
+
+    def count(self, instance_id: str) -> int:
+        return int(self._collection(instance_id).count())
+
+    def query(
+        self, instance_id: str, vector: np.ndarray, *, n: int, where: Mapping[str, Any] | None = None
+    ) -> list[ChunkHit]:
+        """Nearest chunks to ``vector``, best first."""
+        col = self._collection(instance_id)
+        total = col.count()
+        if total == 0:
+            return []
+        res = col.query(
+            query_embeddings=np.asarray([vector], dtype=np.float32),
+            n_results=min(n, total),
+            where=dict(where) if where else None,
+            include=["documents", "metadatas", "distances"],
+        )
+        hits = []
+        for cid, doc, meta, dist in zip(
+            res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True
+        ):
+            hits.append(ChunkHit(cid, doc or "", dict(meta or {}), float(min(1.0, max(0.0, 1.0 - dist)))))
+        return hits
+
+
+def folder_for_url(url: str) -> str:
+    """The ``folder`` metadata of a crawled page: host plus the URL path's directory, e.g. ``example.com/blog/``."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    directory = path[: path.rfind("/") + 1]
+    return f"{parts.netloc}{directory}"
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,75 @@
+"""The FastAPI application: a Cloudflare AI Search compatible API over the local index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from indexer import __version__
+from indexer.config import Settings, get_settings
+from indexer.service import IndexService, describe
+from indexer.state import StateStore
+from server.auth import ensure_bootstrap_token
+from server.errors import install_error_handlers
+from server.jobs import IndexWorker, JobRunner
+from server.routes import instances, jobs, search
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Storage, the model and background workers start in the lifespan.
+
+    Args:
+        settings: defaults to :func:`indexer.config.get_settings` (the environment).
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        state = StateStore(settings.resolved_database_url)
+        secret = ensure_bootstrap_token(settings, state)
+        if secret:
+            print(  # noqa: T201 - shown once, by design
+                f"\n  Generated an admin API token (shown once; store it now):\n\n    {secret}\n", flush=True
+            )
+        logger.info("loading the embedding model and opening the index (first start builds the model)")
+        service = IndexService.open(settings, state=state)
+        runner = JobRunner(settings, state)
+        worker = IndexWorker(service, poll_interval=settings.index_poll_interval)
+        app.state.settings = settings
+        app.state.state = state
+        app.state.service = service
+        app.state.runner = runner
+        runner.start()
+        worker.start()
+        logger.info("sitesearch %s ready: %s", __version__, describe(service))
+        try:
+            yield
+        finally:
+            runner.stop()
+            worker.stop()
+            service.close()
+            state.close()
+
+    app = FastAPI(
+        title="sitesearch",
+        version=__version__,
+        description="Self-hosted AI search for your website, compatible with Cloudflare AI Search's REST API.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(instances.router)
+    app.include_router(jobs.router)
+    app.include_router(search.router)
+
+    @app.get("/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,103 @@
+"""Bearer-token authentication with Cloudflare's AI Search permission names.
+
+Tokens are stored as SHA-256 hashes; the secret is shown once, when created.
+``SITESEARCH_API_TOKEN`` (if set) is an admin token with every permission; if it is
+unset, an admin token is generated at first start, stored hashed, and printed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from indexer.config import Settings
+from indexer.state import StateStore
+from server.errors import APIError
+
+logger = logging.getLogger(__name__)
+
+READ = "AI Search:Read"
+EDIT = "AI Search:Edit"
+RUN = "AI Search:Run"
+PERMISSIONS = (READ, EDIT, RUN)
+BOOTSTRAP_NAME = "bootstrap"
+TOKEN_PREFIX = "ss_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, and what they may do."""
+
+    token_id: str
+    name: str
+    permissions: frozenset[str] = field(default_factory=frozenset)
+    folder_prefix: str | None = None
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def mint_token(
+    state: StateStore, name: str, permissions: tuple[str, ...] | list[str] = PERMISSIONS, *, folder_prefix: str | None = None
+) -> tuple[str, dict]:
+    """Create a token; returns ``(secret, row)``. The secret is not stored."""
+    secret = new_secret()
+    row = state.create_token(name, hash_secret(secret), list(permissions), folder_prefix=folder_prefix)
+    return secret, row
+
+
+def ensure_bootstrap_token(settings: Settings, state: StateStore) -> str | None:
+    """Generate the admin token on first start. Returns the secret if one was just created."""
+    if settings.api_token:
+        return None
+    if state.get_meta("bootstrap_token_created"):
+        return None
+    secret, _ = mint_token(state, BOOTSTRAP_NAME)
+    state.set_meta("bootstrap_token_created", "1")
+    return secret
+
+
+def authenticate(settings: Settings, state: StateStore, authorization: str | None) -> Principal:
+    """Resolve an ``Authorization`` header to a principal (401 missing, 403 wrong)."""
+    if not authorization:
+        raise APIError(401, "missing Authorization header: send 'Authorization: Bearer <token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, secret = authorization.strip().partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise APIError(401, "Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+    if settings.api_token and hmac.compare_digest(secret.encode(), settings.api_token.encode()):
+        return Principal("env", "SITESEARCH_API_TOKEN", frozenset(PERMISSIONS))
+    row = state.token_by_hash(hash_secret(secret))
+    if row is None:
+        raise APIError(403, "invalid API token")
+    return Principal(row["id"], row["name"], frozenset(row["permissions"]), row.get("folder_prefix"))
+
+
+def require(permission: str):  # noqa: ANN201 - a FastAPI dependency factory
+    """Dependency: the caller must hold ``permission`` (403 names it otherwise)."""
+
+    def dependency(request: Request) -> Principal:
+        app_state = request.app.state
+        principal = authenticate(app_state.settings, app_state.state, request.headers.get("authorization"))
+        if permission not in principal.permissions:
+            raise APIError(403, f"this token lacks the '{permission}' permission")
+        return principal
+
+    return dependency
+
+
+ReadDep = Annotated[Principal, Depends(require(READ))]
+EditDep = Annotated[Principal, Depends(require(EDIT))]
+RunDep = Annotated[Principal, Depends(require(RUN))]

@@ -1,0 +1,142 @@
+"""``/instances``: create, list, get, update, delete; stats and items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, Query
+from pydantic import ValidationError
+
+from indexer.instance import InstanceConfig
+from server.auth import EditDep, ReadDep
+from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, load_instance
+from server.errors import APIError, envelope, validation_message
+from server.schemas import instance_public, item_public
+
+router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances", tags=["instances"])
+
+#: Fields fixed at creation (seeds: "Configuration", editable = no).
+IMMUTABLE_FIELDS = ("id", "type", "source", "embedding_model", "name")
+
+
+def parse_config(data: dict[str, Any]) -> InstanceConfig:
+    """Validate an instance body, turning pydantic errors into a 400 naming the fields."""
+    try:
+        return InstanceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise APIError(400, validation_message(list(exc.errors()))) from None
+
+
+@router.post("")
+def create_instance(
+    _: AccountDep, __: EditDep, state: StateDep, settings: SettingsDep, body: dict[str, Any] = Body(...)
+) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise APIError(400, "body: must be a JSON object")
+    if "type" not in body:
+        body = {**body, "type": "web-crawler" if body.get("source") else "r2"}
+    config = parse_config(body)
+    if state.get_instance(config.id):
+        raise APIError(409, f"id: an instance named {config.id!r} already exists")
+    if state.count_instances() >= settings.max_instances:
+        raise APIError(400, f"at most {settings.max_instances} instances per account")
+    data = config.model_dump(mode="json")
+    row = state.create_instance(config.id, config.type, config.source, data)
+    return envelope(instance_public(row))
+
+
+@router.get("")
+def list_instances(_: AccountDep, __: ReadDep, state: StateDep) -> dict[str, Any]:
+    rows = [instance_public(r) for r in state.list_instances()]
+    return envelope(rows, result_info={"count": len(rows), "total_count": len(rows), "page": 1, "per_page": len(rows)})
+
+
+@router.get("/{instance_id}")
+def get_instance(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str) -> dict[str, Any]:
+    row, _cfg = load_instance(state, instance_id)
+    return envelope(instance_public(row))
+
+
+@router.patch("/{instance_id}")
+def update_instance(
+    _: AccountDep, __: EditDep, state: StateDep, instance_id: str, body: dict[str, Any] = Body(...)
+) -> dict[str, Any]:
+    row, _cfg = load_instance(state, instance_id)
+    if not isinstance(body, dict):
+        raise APIError(400, "body: must be a JSON object")
+    current = {**row["config"], "id": row["id"]}
+    for field in IMMUTABLE_FIELDS:
+        if field in body and body[field] != current.get(field):
+            raise APIError(400, f"{field}: cannot be changed after creation")
+    merged = _deep_merge(current, body)
+    config = parse_config(merged)
+    state.update_instance_config(instance_id, config.model_dump(mode="json"))
+    return envelope(instance_public(state.get_instance(instance_id)))  # type: ignore[arg-type]
+
+
+@router.delete("/{instance_id}")
+def delete_instance(_: AccountDep, __: EditDep, state: StateDep, service: ServiceDep, instance_id: str) -> dict[str, Any]:
+    row, _cfg = load_instance(state, instance_id)
+    if state.active_job(instance_id):
+        raise APIError(409, "a sync job is running for this instance; cancel it first")
+    service.vectors.drop_instance(instance_id)
+    service.raw.drop_instance(instance_id)
+    state.delete_instance(instance_id)
+    return envelope({"id": instance_id})
+
+
+@router.get("/{instance_id}/stats")
+def instance_stats(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str) -> dict[str, Any]:
+    load_instance(state, instance_id)
+    stats = state.item_stats(instance_id)
+    job = state.list_jobs(instance_id, limit=1)
+    return envelope(
+        {
+            "id": instance_id,
+            "indexed": stats.get("indexed", 0),
+            "queued": stats.get("queued", 0) + stats.get("fetched", 0),
+            "errors": stats.get("error", 0),
+            "skipped": stats.get("skipped", 0),
+            "deleted": stats.get("deleted", 0),
+            "chunks": stats.get("chunks", 0),
+            "items": {k: v for k, v in stats.items() if k != "chunks"},
+            "last_job": job[0]["id"] if job else None,
+        }
+    )
+
+
+@router.get("/{instance_id}/items")
+def list_items(
+    _: AccountDep,
+    __: ReadDep,
+    state: StateDep,
+    instance_id: str,
+    status: str | None = Query(default=None, pattern="^(queued|fetched|indexed|error|skipped|deleted)$"),
+    page: int = Query(default=1, ge=1),
+    per_page: int = Query(default=50, ge=1, le=1000),
+) -> dict[str, Any]:
+    load_instance(state, instance_id)
+    rows, total = state.list_items(instance_id, status=status, limit=per_page, offset=(page - 1) * per_page)
+    return envelope(
+        [item_public(r) for r in rows],
+        result_info={"page": page, "per_page": per_page, "count": len(rows), "total_count": total},
+    )
+
+
+@router.get("/{instance_id}/items/{item_id}")
+def get_item(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str, item_id: str) -> dict[str, Any]:
+    load_instance(state, instance_id)
+    item = state.get_item(instance_id, item_id)
+    if item is None:
+        raise APIError(404, f"item {item_id!r} not found")
+    return envelope(item_public(item))
+
+
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "include_headers":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,91 @@
+"""``/instances/{id}/jobs``: start a sync, list and inspect jobs, read their logs, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from server.auth import EditDep, ReadDep
+from server.deps import AccountDep, RunnerDep, StateDep, load_instance
+from server.errors import APIError, envelope
+from server.schemas import iso, job_public
+
+router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances/{instance_id}/jobs", tags=["jobs"])
+
+
+def start_sync(state: Any, runner: Any, instance_id: str, source: str = "manual") -> dict[str, Any]:
+    """Queue and launch a sync job for an instance (one at a time)."""
+    _row, config = load_instance(state, instance_id)
+    if config.type != "web-crawler":
+        raise APIError(400, f"instance {instance_id!r} has no website to crawl (type {config.type!r})")
+    active = state.active_job(instance_id)
+    if active:
+        raise APIError(409, f"sync job {active['id']} is already {active['status']} for this instance")
+    job = state.create_job(instance_id, source)
+    runner.launch(job)
+    return state.get_job(job["id"])
+
+
+@router.post("")
+def create_job(_: AccountDep, __: EditDep, state: StateDep, runner: RunnerDep, instance_id: str) -> dict[str, Any]:
+    return envelope(job_public(start_sync(state, runner, instance_id)))
+
+
+@router.get("")
+def list_jobs(
+    _: AccountDep,
+    __: ReadDep,
+    state: StateDep,
+    instance_id: str,
+    page: int = Query(default=1, ge=1),
+    per_page: int = Query(default=20, ge=1, le=100),
+) -> dict[str, Any]:
+    load_instance(state, instance_id)
+    rows = state.list_jobs(instance_id, limit=per_page, offset=(page - 1) * per_page)
+    return envelope([job_public(j) for j in rows], result_info={"page": page, "per_page": per_page, "count": len(rows)})
+
+
+def _job(state: Any, instance_id: str, job_id: str) -> dict[str, Any]:
+    load_instance(state, instance_id)
+    job = state.get_job(job_id)
+    if job is None or job["instance_id"] != instance_id:
+        raise APIError(404, f"job {job_id!r} not found")
+    return job
+
+
+@router.get("/{job_id}")
+def get_job(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str, job_id: str) -> dict[str, Any]:
+    return envelope(job_public(_job(state, instance_id, job_id)))
+
+
+@router.get("/{job_id}/logs")
+def job_logs(
+    _: AccountDep,
+    __: ReadDep,
+    state: StateDep,
+    instance_id: str,
+    job_id: str,
+    page: int = Query(default=1, ge=1),
+    per_page: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    _job(state, instance_id, job_id)
+    rows, total = state.job_logs(job_id, limit=per_page, offset=(page - 1) * per_page)
+    lines = [
+        {"id": r["id"], "created_at": iso(r["ts"]), "level": r["level"], "url": r["url"], "message": r["message"]}
+        for r in rows
+    ]
+    return envelope(lines, result_info={"page": page, "per_page": per_page, "count": len(lines), "total_count": total})
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(
+    _: AccountDep, __: EditDep, state: StateDep, runner: RunnerDep, instance_id: str, job_id: str
+) -> dict[str, Any]:
+    job = _job(state, instance_id, job_id)
+    if job["status"] not in ("queued", "running"):
+        raise APIError(409, f"job {job_id} is already {job['status']}")
+    runner.cancel(job_id)
+    state.finish_job(job_id, "cancelled", "cancelled by request")
+    state.log(job_id, "job cancelled by request", level="warning")
+    return envelope(job_public(state.get_job(job_id)))

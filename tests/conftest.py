@@ -1,0 +1,60 @@
+"""Shared fixtures: the fixture website on 127.0.0.1, a built embedding model, settings in a temp dir."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexer.config import Settings
+from server.devsite import DevSite
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SHARED_EVAL = REPO.parent / "shared" / "eval"
+FIXTURE_SITE = TESTS / "site"
+FIXTURE_HEADER = ("X-Fixture-Key", "open-sesame")
+API_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def fixture_site() -> Iterator[DevSite]:
+    """The fixture website (robots.txt, sitemap index, .gz child, header-protected /members/)."""
+    with DevSite(FIXTURE_SITE, protected={"/members/": FIXTURE_HEADER}) as site:
+        yield site
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default ONNX embedding model, built once per test session from the installed package."""
+    from indexer.onnx_export import ensure_default_model
+
+    return ensure_default_model(tmp_path_factory.mktemp("models"))
+
+
+def make_settings(data_dir: Path, model_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test: its own data dir, the shared model, deterministic crawling."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "model_dir": model_dir,
+        "api_token": API_TOKEN,
+        "autothrottle": False,
+        "concurrent_requests_per_host": 1,
+        "index_poll_interval": 0.1,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_until(predicate: Any, *, timeout: float = 120.0, interval: float = 0.2) -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
