@@ -658,7 +658,7 @@ class _SitemapParser:
                 if first:
                     break
             if not first:
-                self._error("empty sitemap")
+                self._error("empty sitemap", always=True)
                 return
             pieces: Iterator[str] = _prepend(first, texts)
             if first.startswith("<"):
@@ -953,15 +953,17 @@ class _SitemapParser:
 
     def _xml_error(self, error: etree.XMLSyntaxError, line_base: int) -> None:
         self.xml_errors += 1
-        last = error.error_log.last_error if error.error_log else None
-        message = last.message if last is not None else re.sub(
-            r",? line \d+, column \d+$", "", error.msg or str(error)
-        )
+        fatal = [entry for entry in error.error_log if entry.level_name == "FATAL"]
+        if fatal:  # at close() lxml may raise with an earlier non-fatal error as the message
+            message, session_line = fatal[-1].message.strip(), fatal[-1].line
+        else:
+            message = re.sub(r",? line \d+, column \d+$", "", error.msg or str(error)).strip()
+            session_line = error.position[0]
         if line_base != 1:  # libxml2 counts lines per session; report document lines
             message = re.sub(
                 r"\bline (\d+)", lambda m: f"line {line_base + int(m.group(1)) - 1}", message
             )
-        line = line_base + max(error.position[0], 1) - 1
+        line = line_base + max(session_line, 1) - 1
         self._error(f"XML error at line {line}: {message}")
         if self.xml_errors >= MAX_XML_ERRORS:
             self._error(f"XML: too many errors ({self.xml_errors}); stopped", always=True)

@@ -204,7 +204,9 @@ class SiteSpider(scrapy.Spider):
                 continue
             self._discover(entry.loc, entry.priority, entry.lastmod, entry.changefreq)
         for err in report.errors:
-            self.log_job(f"sitemap error: {err}", url=response.url, level="error")
+            # "XML:"/"encoding:" notes describe repaired input, nothing lost
+            level = "warning" if err.startswith(("XML:", "encoding:")) else "error"
+            self.log_job(f"sitemap error: {err}", url=response.url, level=level)
         if report.skipped_over_limit:
             self.log_job(f"sitemap: {report.skipped_over_limit} URLs over the per-file limit skipped", url=response.url, level="warning")
         self.log_job(f"sitemap ({report.format}): {report.urls} URLs, {report.sitemaps} child sitemaps", url=response.url)
