@@ -12,13 +12,20 @@ import os
 import sys
 
 
-def run_crawl(instance_id: str, job_id: str | None = None, *, log_level: str | None = None) -> int:
+def run_crawl(
+    instance_id: str,
+    job_id: str | None = None,
+    *,
+    log_level: str | None = None,
+    overrides: dict[str, str] | None = None,
+) -> int:
     """Crawl one instance to completion; returns a process exit code.
 
     Args:
         instance_id: the instance to crawl.
         job_id: an existing queued job to run (a new ``cli`` job is created if omitted).
         log_level: Scrapy log level override (e.g. ``WARNING``).
+        overrides: Scrapy settings to set for this run (``-s NAME=VALUE``), e.g. ``RENDER_CONTEXT_PAGES``.
     """
     os.environ.setdefault("SCRAPY_SETTINGS_MODULE", "crawler.settings")
     from scrapy.crawler import CrawlerProcess
@@ -27,6 +34,8 @@ def run_crawl(instance_id: str, job_id: str | None = None, *, log_level: str | N
     settings = get_project_settings()
     if log_level:
         settings.set("LOG_LEVEL", log_level, priority="cmdline")
+    for name, value in (overrides or {}).items():
+        settings.set(name, value, priority="cmdline")
     process = CrawlerProcess(settings)
     kwargs = {"instance": instance_id}
     if job_id:
@@ -41,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("instance")
     parser.add_argument("--job", default=None)
     parser.add_argument("--log-level", default=None)
+    parser.add_argument("-s", "--set", action="append", default=[], metavar="NAME=VALUE", help="Scrapy setting override")
     args = parser.parse_args(argv)
-    return run_crawl(args.instance, args.job, log_level=args.log_level)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    return run_crawl(args.instance, args.job, log_level=args.log_level, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ ROBOTSTXT_OBEY = False
 CONCURRENT_REQUESTS = _s.concurrent_requests
 CONCURRENT_REQUESTS_PER_DOMAIN = _s.concurrent_requests_per_host
 DOWNLOAD_DELAY = _s.download_delay  # seconds; robots.txt Crawl-delay overrides per host
+# Scrapy would wait 0.5-1.5x the delay at random; Crawl-delay is a minimum, so wait exactly the delay.
+RANDOMIZE_DOWNLOAD_DELAY = False
 AUTOTHROTTLE_ENABLED = _s.autothrottle
 AUTOTHROTTLE_START_DELAY = 0.0  # seconds
 AUTOTHROTTLE_TARGET_CONCURRENCY = float(_s.concurrent_requests_per_host)
@@ -49,6 +51,9 @@ LOGSTATS_INTERVAL = 30.0  # seconds
 
 # Per-host concurrency that holds, and robots.txt Crawl-delay applied (see crawler/downloader.py).
 DOWNLOADER = "crawler.downloader.PoliteDownloader"
+
+# --- browser rendering (only for instances with use_browser_rendering; see crawler/rendering.py) ---
+RENDER_CONTEXT_PAGES = getattr(_s, "render_context_pages", 200)  # pages per browser context before it is recycled
 
 # --- our components ------------------------------------------------------------------------
 EXTENSIONS = {"crawler.indexing.IndexingExtension": 500}

@@ -17,9 +17,9 @@ MIN_CHUNK_SIZE = 64  # tokens
 MAX_CHUNK_OVERLAP = 30  # percent
 
 _PARAGRAPHS = re.compile(r"\n\s*\n")
-# A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace,
-# or at a single line break (lists, headings, table rows).
-_SENTENCES = re.compile(r"(?<=[.!?])[\"')\]]?\s+|\n")
+# A sentence ends at . ! ? (optionally followed by a closing quote/bracket, kept with it) before
+# whitespace, or at a single line break (lists, headings, table rows).
+_SENTENCES = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+|\n")
 
 CountTokens = Callable[[str], int]
 TokenOffsets = Callable[[str], Sequence[tuple[int, int]]]
@@ -70,18 +70,30 @@ def _split_paragraph(
     if n <= size:
         return [_Piece(para, n, "\n\n")]
     out: list[_Piece] = []
-    sep = "\n\n"
-    for sentence in _SENTENCES.split(para):
+    for sentence, sep in _sentences(para):
         sentence = sentence.strip()
         if not sentence:
             continue
+        sep = sep if out else "\n\n"
         m = count(sentence)
         if m <= size:
             out.append(_Piece(sentence, m, sep))
         else:
             for window in _token_windows(sentence, size, overlap, offsets):
                 out.append(_Piece(window, count(window), sep))
-        sep = " "
+                sep = " "
+    return out
+
+
+def _sentences(para: str) -> list[tuple[str, str]]:
+    """``(sentence, separator before it)`` pairs; a line break stays a line break when rejoined."""
+    out: list[tuple[str, str]] = []
+    start, sep = 0, ""
+    for match in _SENTENCES.finditer(para):
+        out.append((para[start : match.start()], sep))
+        sep = "\n" if "\n" in match.group() else " "
+        start = match.end()
+    out.append((para[start:], sep))
     return out
 
 

@@ -12,6 +12,7 @@ Defaults are declared once, here, grouped by prefix, with units in comments.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8787
     max_instances: int = 50
+    nlweb_default_instance: str | None = Field(
+        default=None, description="Instance NLWeb /ask and the MCP tools answer from when no site/instance is named"
+    )
 
     # --- embeddings ------------------------------------------------------------
     model_dir: Path | None = Field(
@@ -51,6 +55,17 @@ class Settings(BaseSettings):
     )
     embed_threads: int | None = None  # onnxruntime intra-op threads; None = all cores
     embed_batch_size: int = 32  # chunks per onnxruntime call
+
+    # --- search ------------------------------------------------------------------
+    rerank_model_dir: Path | None = Field(
+        default=None, description="A cross-encoder ONNX directory (model.onnx + tokenizer.json) for reranking"
+    )
+    generation_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint for /ai-search answers, e.g. http://127.0.0.1:11434/v1"
+    )
+    generation_model: str | None = None  # default chat model at that endpoint
+    generation_api_key_env: str = "SITESEARCH_GENERATION_API_KEY"  # env var holding the endpoint's API key
+    generation_timeout: float = 60.0  # seconds
 
     # --- crawling --------------------------------------------------------------
     concurrent_requests: int = 16  # whole crawler process
@@ -64,6 +79,17 @@ class Settings(BaseSettings):
 
     # --- jobs ------------------------------------------------------------------
     index_poll_interval: float = 0.5  # seconds between looks at the pending-index queue
+
+    def generation_api_key(self, env_name: str | None = None) -> str | None:
+        """The generation API key from ``env_name`` (default :attr:`generation_api_key_env`).
+
+        Only variables named ``SITESEARCH_GENERATION_*`` are read, so an instance's
+        configuration cannot send another secret to its endpoint.
+        """
+        name = env_name or self.generation_api_key_env
+        if not name.startswith("SITESEARCH_GENERATION_"):
+            return None
+        return os.environ.get(name) or None
 
     @property
     def user_agent(self) -> str:
@@ -89,6 +115,11 @@ class Settings(BaseSettings):
     def chroma_dir(self) -> Path:
         """Embedded Chroma persistence directory."""
         return self.data_dir / "chroma"
+
+    @property
+    def keyword_dir(self) -> Path:
+        """Keyword (SQLite FTS5) indexes, one file per instance."""
+        return self.data_dir / "keyword"
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,6 +5,7 @@ Bad input is logged and yields an empty document, never an exception.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import hashlib
 import logging
@@ -47,6 +48,9 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False) -> Extracte
     Returns:
         The title, the Markdown body and the ``<link rel=canonical>`` href (absolute), if any.
     """
+    if _looks_binary(html):
+        logger.warning("not an HTML document (binary content) at %s", url)
+        return Extracted(title="", markdown="")
     try:
         tree = lxml.html.fromstring(html)
     except (lxml.etree.ParserError, ValueError) as exc:
@@ -99,6 +103,16 @@ def _canonical(tree: lxml.html.HtmlElement) -> str | None:
             href = link.get("href", "").strip()
             return href or None
     return None
+
+
+def _looks_binary(html: bytes | str) -> bool:
+    """NUL characters near the start (outside UTF-16/32 text with a BOM) mean this is not text."""
+    head = html[:4096]
+    if isinstance(head, str):
+        return "\x00" in head
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)):
+        return False
+    return b"\x00" in head
 
 
 def _plain_text(tree: lxml.html.HtmlElement) -> str:

@@ -101,6 +101,55 @@ class SourceParams(_Model):
         return validate_patterns(v, field=f"source_params.{info.field_name}")
 
 
+#: Similarity-cache thresholds: the seeds' names → Cloudflare API names (stored).
+CACHE_THRESHOLDS = {
+    "exact": "super_strict_match",
+    "strong": "close_enough",
+    "broad": "flexible_friend",
+    "loose": "anything_goes",
+}
+RESERVED_METADATA = ("folder", "filename", "timestamp", "context")
+
+
+class IndexMethod(_Model):
+    """Which indexes retrieval uses (hybrid when both)."""
+
+    vector: bool = True
+    keyword: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> IndexMethod:
+        if not (self.vector or self.keyword):
+            raise ValueError("at least one of vector and keyword must be true")
+        return self
+
+
+class IndexingOptions(_Model):
+    keyword_tokenizer: Literal["porter", "trigram"] = "porter"
+
+
+class BoostBy(_Model):
+    field: str = Field(min_length=1, max_length=64)
+    direction: Literal["asc", "desc", "exists", "not_exists"] = "desc"
+
+
+class RetrievalOptionsConfig(_Model):
+    keyword_match_mode: Literal["and", "or"] = "and"
+    boost_by: list[BoostBy] = Field(default_factory=list, max_length=5)
+
+
+class CustomMetadataField(_Model):
+    field_name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    data_type: Literal["text", "number", "boolean", "datetime"] = "text"
+
+    @field_validator("field_name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_METADATA:
+            raise ValueError(f"{v!r} is built-in metadata; choose another name")
+        return v
+
+
 class InstanceConfig(_Model):
     """Everything configurable on an instance (defaults as documented)."""
 
@@ -116,6 +165,32 @@ class InstanceConfig(_Model):
     # retrieval
     max_num_results: int = Field(default=10, ge=1, le=50)
     match_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    index_method: IndexMethod = Field(default_factory=IndexMethod)
+    fusion_method: Literal["rrf", "max"] = "rrf"  # how keyword and vector results merge (hybrid)
+    indexing_options: IndexingOptions = Field(default_factory=IndexingOptions)
+    retrieval_options: RetrievalOptionsConfig = Field(default_factory=RetrievalOptionsConfig)
+    custom_metadata: list[CustomMetadataField] = Field(default_factory=list, max_length=10)
+    # query rewriting (seeds: "Query rewriting"); model None = the server's configured generation endpoint
+    rewrite_query: bool = False
+    rewrite_model: str | None = Field(default=None, max_length=256)
+    system_prompt_rewrite_query: str | None = Field(default=None, max_length=20_000)
+    # reranking (seeds: "Reranking")
+    reranking: bool = False
+    reranking_model: str | None = Field(default=None, max_length=256)
+    # generation (seeds: "Models", "System prompt")
+    ai_search_model: str | None = Field(default=None, max_length=256)
+    # OpenAI-compatible endpoint for this instance (default: the server's SITESEARCH_GENERATION_BASE_URL);
+    # the API key is read from the named environment variable, which must start with SITESEARCH_GENERATION_
+    ai_search_base_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
+    ai_search_api_key_env: str | None = Field(default=None, max_length=128, pattern=r"^SITESEARCH_GENERATION_[A-Z0-9_]*$")
+    system_prompt_ai_search: str | None = Field(default=None, max_length=20_000)
+    # similarity cache (seeds: "Similarity cache"); default on, "strong"
+    cache: bool = True
+    cache_threshold: Literal["super_strict_match", "close_enough", "flexible_friend", "anything_goes"] = "close_enough"
+    # account wiring (accepted and stored; there is no AI Gateway or service token here)
+    name: str | None = Field(default=None, max_length=64)
+    ai_gateway_id: str | None = Field(default=None, max_length=256)
+    token_id: str | None = Field(default=None, max_length=256)
     # sync
     sync_interval: int = DEFAULT_SYNC_INTERVAL
     sync_schedule: str | None = None
@@ -126,6 +201,8 @@ class InstanceConfig(_Model):
     def _aliases(cls, data: Any) -> Any:
         if isinstance(data, dict) and "score_threshold" in data and "match_threshold" not in data:
             data = {**data, "match_threshold": data["score_threshold"]}
+        if isinstance(data, dict) and isinstance(data.get("cache_threshold"), str):
+            data = {**data, "cache_threshold": CACHE_THRESHOLDS.get(data["cache_threshold"], data["cache_threshold"])}
         return data
 
     @field_validator("id")
@@ -141,6 +218,23 @@ class InstanceConfig(_Model):
         if v not in SYNC_INTERVALS:
             raise ValueError(f"must be one of {', '.join(map(str, SYNC_INTERVALS))} (seconds)")
         return v
+
+    @field_validator("sync_schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from croniter import croniter
+
+        if len(v.split()) != 5 or not croniter.is_valid(v.strip()):
+            raise ValueError(f"{v!r} is not a 5-field cron expression (minute hour day month weekday), e.g. '0 */6 * * *'")
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _name(self) -> InstanceConfig:
+        if not self.name:
+            self.name = self.id
+        return self
 
     @model_validator(mode="after")
     def _source(self) -> InstanceConfig:

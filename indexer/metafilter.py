@@ -90,6 +90,11 @@ def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> 
         if not isinstance(subs, list) or not subs:
             raise FilterError(f"{field}.filters: a compound filter needs a non-empty list of filters")
         compiled = []
+        starts_with = _starts_with_idiom(subs) if ftype == "and" else None
+        if starts_with is not None:
+            prefix, used = starts_with
+            folders = sorted(v for v in distinct("folder") if v is not None and v.startswith(prefix))
+            compiled.append({"folder": {"$in": folders or [_NEVER]}})
         for i, sub in enumerate(subs):
             sub_field = f"{field}.filters[{i}]"
             if not isinstance(sub, Mapping):
@@ -98,6 +103,8 @@ def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> 
                 raise FilterError(f"{sub_field}: compound filters cannot be nested")
             if ftype == "or" and sub.get("type") != "eq":
                 raise FilterError(f"{sub_field}.type: 'or' filters only allow 'eq' comparisons")
+            if starts_with is not None and i in starts_with[1]:
+                continue
             compiled.append(_compile_comparison(sub, distinct, sub_field))
         if ftype == "or":
             keys = {sub.get("key") for sub in subs}
@@ -125,5 +132,42 @@ def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: s
         raise FilterError(f"{field}.value: must be a string for key {key!r}")
     if op in ("eq", "ne"):
         return {key: {f"${op}": value}}
-    matches = sorted(v for v in distinct(key) if v is not None and _OPS[op](v, value))
+    matches = sorted(v for v in distinct(key) if v is not None and _string_match(key, op, v, value))
     return {key: {"$in": matches or [_NEVER]}}
+
+
+def _starts_with_idiom(subs: list[Any]) -> tuple[str, tuple[int, int]] | None:
+    """Find the documented folder "starts with" pair in an ``and``: ``gt "P//"`` with ``lte "P/z"``.
+
+    Returns ``(P/, (index of gt, index of lte))``.  Read literally, the pair would
+    also drop ``P/`` itself and sub-folders sorting after ``P/z`` (``P/zoo/``); the
+    seeds define it as "all files and subfolders within a specific path", so it is
+    compiled as exactly that.
+    """
+    gts = {
+        i: s["value"][:-1]
+        for i, s in enumerate(subs)
+        if isinstance(s, Mapping) and s.get("type") == "gt" and s.get("key") == "folder"
+        and isinstance(s.get("value"), str) and s["value"].endswith("//")
+    }
+    for j, s in enumerate(subs):
+        if not (isinstance(s, Mapping) and s.get("type") == "lte" and s.get("key") == "folder"):
+            continue
+        for i, prefix in gts.items():
+            if s.get("value") == prefix + "z":
+                return prefix, (i, j)
+    return None
+
+
+def _string_match(key: str, op: str, stored: str, value: str) -> bool:
+    """Compare a stored string with a filter value.
+
+    The documented folder "starts with" idiom is ``gt "customer-a//"`` with ``lte
+    "customer-a/z"``, and the seeds say it captures ``customer-a/profile.md``
+    (folder ``customer-a/``) as well as the sub-folders.  A plain string comparison
+    would drop ``customer-a/`` itself (it sorts before ``customer-a//``), so a
+    folder ``gt`` whose value ends in ``//`` also accepts the folder it names.
+    """
+    if key == "folder" and op == "gt" and value.endswith("//") and stored == value[:-1]:
+        return True
+    return _OPS[op](stored, value)

@@ -85,10 +85,11 @@ class Indexer:
     # --- internals ---------------------------------------------------------------
     def _index(self, item: dict[str, Any]) -> IndexOutcome:
         instance_id = item["instance_id"]
-        if item.get("http_status") in GONE_STATUSES:
+        if item.get("delete_reason") or item.get("http_status") in GONE_STATUSES:
             self.vectors.delete_item(instance_id, item["id"])
             self.raw.delete(instance_id, item["id"])
-            return IndexOutcome("deleted", message=f"HTTP {item['http_status']}: removed from the index")
+            reason = item.get("delete_reason") or f"HTTP {item['http_status']}: removed from the index"
+            return IndexOutcome("deleted", message=reason)
         page = self.raw.get(instance_id, item["id"])
         if page is None:
             return IndexOutcome("error", message="stored page is missing")
@@ -103,6 +104,9 @@ class Indexer:
         if doc.content_hash == item.get("content_hash") and item.get("status") in ("fetched", "indexed"):
             if item.get("chunks", 0) > 0 or not doc.markdown:
                 return IndexOutcome("unchanged", chunks=item.get("chunks", 0))
+        duplicate = self.state.find_indexed_duplicate(instance_id, doc.content_hash, exclude_id=item["id"])
+        if duplicate is not None:  # exact-duplicate content is indexed once, under the first URL
+            return IndexOutcome("skipped", message=f"Skipped: same content as {duplicate['key']} (indexed once)")
         config = self._instance_config(instance_id)
         chunks = chunk_text(
             doc.markdown,
@@ -125,7 +129,8 @@ class Indexer:
         if item.get("context"):
             meta["context"] = item["context"]
         metadatas = [{**meta, "chunk": i} for i in range(len(chunks))]
-        self.vectors.replace_item(instance_id, item["id"], chunks, vectors, metadatas)
+        tokenizer = (config.get("indexing_options") or {}).get("keyword_tokenizer")
+        self.vectors.replace_item(instance_id, item["id"], chunks, vectors, metadatas, keyword_tokenizer=tokenizer)
         self.state.update_item(item["id"], content_hash=doc.content_hash, title=doc.title, folder=meta["folder"])
         return IndexOutcome("indexed", chunks=len(chunks))
 
@@ -152,7 +157,9 @@ class Indexer:
             self.state.update_item(item["id"], status="indexed", error=None, pending_job=None)
             self.state.incr_job(job_id, unchanged=1)
         elif outcome.status == "deleted":
-            self.state.update_item(item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None)
+            self.state.update_item(
+                item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None, delete_reason=None
+            )
             self.state.incr_job(job_id, deleted=1)
         elif outcome.status == "skipped":
             self.vectors.delete_item(item["instance_id"], item["id"])

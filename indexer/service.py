@@ -48,6 +48,7 @@ class IndexService:
         )
         self.vectors = VectorStore(settings)
         self.indexer = Indexer(settings, self.state, self.vectors, self.embedder, self.raw)
+        self._backfill_keywords()
 
     @classmethod
     def try_open(cls, settings: Settings, *, state: StateStore | None = None) -> IndexService | None:
@@ -81,6 +82,14 @@ class IndexService:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def _backfill_keywords(self) -> None:
+        """Give instances indexed before the keyword index existed their keyword rows."""
+        for inst in self.state.list_instances():
+            try:
+                self.vectors.backfill_keywords(inst["id"])
+            except Exception:  # a broken instance must not stop the service
+                logger.exception("keyword backfill of %s failed", inst["id"])
 
     # --- indexing ------------------------------------------------------------------
     def index_item_id(self, item_id: str) -> IndexOutcome | None:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    literal,
     select,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -80,10 +81,15 @@ items = Table(
     Column("indexed_at", Float),
     Column("seen_job", String(36)),  # last job that discovered this URL
     Column("pending_job", String(36)),  # job waiting for this item's indexing
+    Column("checked_at", Float),  # last definitive answer (200, 304, 404, 410): freshness baseline
+    Column("checked_lastmod", String(64)),  # the sitemap <lastmod> at that check
+    Column("delete_reason", Text),  # set with status fetched: the index owner removes the item
     UniqueConstraint("instance_id", "key", name="uq_items_instance_key"),
 )
 Index("ix_items_frontier", items.c.instance_id, items.c.seen_job, items.c.priority, items.c.seq)
+Index("ix_items_frontier_order", items.c.instance_id, items.c.seen_job, items.c.priority.desc(), items.c.seq)  # no sort per batch
 Index("ix_items_pending", items.c.status, items.c.pending_job)
+Index("ix_items_content_hash", items.c.instance_id, items.c.content_hash)  # duplicate-content lookups
 
 JOB_COUNTERS = (
     "discovered",
@@ -110,6 +116,7 @@ jobs = Table(
     Column("end_reason", Text),
     Column("crawl_done", Boolean, nullable=False, default=False),
     Column("pid", Integer),
+    Column("target", Text),  # sync one item: the URL to re-fetch (None: a full sync)
     *(Column(name, Integer, nullable=False, default=0) for name in JOB_COUNTERS),
 )
 
@@ -133,6 +140,15 @@ tokens = Table(
     Column("permissions", JSON, nullable=False),
     Column("folder_prefix", Text),
     Column("created_at", Float, nullable=False),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),  # "interval:21600" | "cron:0 */6 * * *"
+    Column("next_run", Float, nullable=False),
+    Column("last_fired", Float),
 )
 
 meta = Table(
@@ -239,6 +255,7 @@ class StateStore:
             c.execute(job_logs.delete().where(job_logs.c.job_id.in_(job_ids)))
             c.execute(jobs.delete().where(jobs.c.instance_id == instance_id))
             c.execute(items.delete().where(items.c.instance_id == instance_id))
+            c.execute(schedules.delete().where(schedules.c.instance_id == instance_id))
             c.execute(instances.delete().where(instances.c.id == instance_id))
 
     # --- jobs ----------------------------------------------------------------------
@@ -293,9 +310,43 @@ class StateStore:
             res = c.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE_JOB_STATUSES))
-                .values(status=status, ended_at=time.time(), end_reason=reason)
+                .values(status=status, ended_at=time.time(), end_reason=func.coalesce(reason, jobs.c.end_reason))
             )
             return bool(res.rowcount)
+
+    def create_job_if_idle(self, instance_id: str, source: str, *, target: str | None = None) -> dict[str, Any] | None:
+        """Create a queued job unless the instance has a queued or running one (None then).
+
+        One ``INSERT ... SELECT ... WHERE NOT EXISTS`` statement, so two processes sharing a
+        SQLite database cannot both start a job for the same instance.
+        """
+        job_id = str(uuid.uuid4())
+        values = {
+            "id": job_id,
+            "instance_id": instance_id,
+            "source": source,
+            "status": "queued",
+            "created_at": time.time(),
+            "crawl_done": False,
+            "target": target,
+            **{k: 0 for k in JOB_COUNTERS},
+        }
+        active = select(jobs.c.id).where(jobs.c.instance_id == instance_id, jobs.c.status.in_(ACTIVE_JOB_STATUSES))
+        cols = list(values)
+        sel = select(*[literal(values[k]).label(k) for k in cols]).where(~active.exists())
+        with self.engine.begin() as c:
+            res = c.execute(jobs.insert().from_select(cols, sel))
+            if not res.rowcount:
+                return None
+        return self.get_job(job_id)
+
+    def last_job(self, instance_id: str, *, full_sync_only: bool = False) -> dict[str, Any] | None:
+        """The most recently created job of an instance (optionally ignoring sync-one-item jobs)."""
+        q = select(jobs).where(jobs.c.instance_id == instance_id)
+        if full_sync_only:
+            q = q.where(jobs.c.target.is_(None))
+        with self.engine.connect() as c:
+            return _row(c.execute(q.order_by(jobs.c.created_at.desc()).limit(1)).first())
 
     def incr_job(self, job_id: str | None, **deltas: int) -> None:
         """Atomically add to job counters (safe across processes)."""
@@ -343,13 +394,14 @@ class StateStore:
         new = 0
         with self.engine.begin() as c:
             keys = [r["key"] for r in rows]
+            # seen_job is compared in Python: as an SQL term SQLite would pick the frontier index
+            # and scan every URL of the job per batch (quadratic on large sites)
             seen_now = {
                 k
-                for (k,) in c.execute(
-                    select(items.c.key).where(
-                        items.c.instance_id == instance_id, items.c.key.in_(keys), items.c.seen_job == job_id
-                    )
+                for (k, seen) in c.execute(
+                    select(items.c.key, items.c.seen_job).where(items.c.instance_id == instance_id, items.c.key.in_(keys))
                 )
+                if seen == job_id
             }
             payload = []
             for r in rows:
@@ -410,6 +462,17 @@ class StateStore:
             q = select(items).where(items.c.instance_id == instance_id, items.c.key == key)
             return _row(c.execute(q).first())
 
+    def find_indexed_duplicate(self, instance_id: str, content_hash: str, *, exclude_id: str) -> dict[str, Any] | None:
+        """Another indexed item of the instance whose extracted content has this hash (exact duplicate), if any."""
+        with self.engine.connect() as c:
+            q = select(items).where(
+                items.c.instance_id == instance_id,
+                items.c.content_hash == content_hash,
+                items.c.status == "indexed",
+                items.c.id != exclude_id,
+            )
+            return _row(c.execute(q.order_by(items.c.key).limit(1)).first())
+
     def ensure_item(self, instance_id: str, key: str, **values: Any) -> dict[str, Any]:
         """Get the item for ``key``, creating it with ``values`` if missing."""
         existing = self.get_item_by_key(instance_id, key)
@@ -447,6 +510,113 @@ class StateStore:
             total = int(c.execute(cq).scalar() or 0)
             rows = [dict(r._mapping) for r in c.execute(q.order_by(items.c.key).limit(limit).offset(offset))]
         return rows, total
+
+    def list_items_where(
+        self,
+        instance_id: str,
+        *,
+        statuses: Sequence[str] | None = None,
+        folder_prefix: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of an instance's items (by key) with any of ``statuses`` under ``folder_prefix``, and the total."""
+        conds = [items.c.instance_id == instance_id]
+        if statuses:
+            conds.append(items.c.status.in_(list(statuses)))
+        if folder_prefix:
+            conds.append(func.substr(items.c.folder, 1, len(folder_prefix)) == folder_prefix)
+        with self.engine.connect() as c:
+            total = int(c.execute(select(func.count()).select_from(items).where(*conds)).scalar() or 0)
+            q = select(items).where(*conds).order_by(items.c.key).limit(limit).offset(offset)
+            rows = [dict(r._mapping) for r in c.execute(q)]
+        return rows, total
+
+    def delete_item(self, item_id: str) -> bool:
+        """Remove an item row (an uploaded file that was deleted)."""
+        with self.engine.begin() as c:
+            return bool(c.execute(items.delete().where(items.c.id == item_id)).rowcount)
+
+    # --- items: freshness and deletion -----------------------------------------------
+    def vanished_items(self, instance_id: str, job_id: str, *, limit: int = 1_000_000) -> list[dict[str, Any]]:
+        """Sitemap-discovered live items this job's discovery did not see (``id, key``)."""
+        q = (
+            select(items.c.id, items.c.key)
+            .where(
+                items.c.instance_id == instance_id,
+                items.c.origin == "sitemap",
+                items.c.status != "deleted",
+                (items.c.seen_job != job_id) | items.c.seen_job.is_(None),
+            )
+            .order_by(items.c.key)
+            .limit(limit)
+        )
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def count_live_items(self, instance_id: str) -> int:
+        """Items of an instance that are not deleted."""
+        with self.engine.connect() as c:
+            q = select(func.count()).select_from(items).where(
+                items.c.instance_id == instance_id, items.c.status != "deleted"
+            )
+            return int(c.execute(q).scalar() or 0)
+
+    def mark_for_deletion(self, item_ids: Sequence[str], job_id: str | None, reason: str) -> None:
+        """Hand items to the index owner for removal (status ``fetched`` + ``delete_reason``)."""
+        now = time.time()
+        with self.engine.begin() as c:
+            for start in range(0, len(item_ids), 500):
+                chunk = list(item_ids[start : start + 500])
+                c.execute(
+                    items.update()
+                    .where(items.c.id.in_(chunk))
+                    .values(status="fetched", delete_reason=reason, pending_job=job_id, fetched_at=now)
+                )
+
+    def shift_item_times(self, instance_id: str, seconds: float) -> None:
+        """Move an instance's fetch/check times ``seconds`` into the past (tests and benchmarks:
+        the state exactly as it will be that much later)."""
+        with self.engine.begin() as c:
+            c.execute(
+                items.update()
+                .where(items.c.instance_id == instance_id)
+                .values(
+                    checked_at=items.c.checked_at - seconds,
+                    fetched_at=items.c.fetched_at - seconds,
+                    indexed_at=items.c.indexed_at - seconds,
+                )
+            )
+
+    # --- schedules --------------------------------------------------------------------
+    def get_schedule(self, instance_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(select(schedules).where(schedules.c.instance_id == instance_id)).first())
+
+    def set_schedule(self, instance_id: str, spec: str, next_run: float) -> None:
+        """Create or replace an instance's schedule row."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                schedules.update()
+                .where(schedules.c.instance_id == instance_id)
+                .values(spec=spec, next_run=next_run)
+            )
+            if not res.rowcount:
+                c.execute(schedules.insert().values(instance_id=instance_id, spec=spec, next_run=next_run))
+
+    def claim_schedule(self, instance_id: str, *, expected_next_run: float, next_run: float) -> bool:
+        """Compare-and-set ``next_run``: True for the one process that wins a due run."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                schedules.update()
+                .where(schedules.c.instance_id == instance_id, schedules.c.next_run == expected_next_run)
+                .values(next_run=next_run, last_fired=time.time())
+            )
+            return bool(res.rowcount)
+
+    def delete_schedule(self, instance_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(schedules.delete().where(schedules.c.instance_id == instance_id))
 
     def claim_pending(self, *, limit: int, instance_id: str | None = None) -> list[dict[str, Any]]:
         """Items fetched but not yet indexed (status ``fetched``), oldest first."""

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from indexer.config import Settings
+from indexer.keyword import KeywordIndex
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class VectorStore:
             settings.chroma_dir.mkdir(parents=True, exist_ok=True)
             self.client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
         self._collections: dict[str, Any] = {}
+        #: the keyword (BM25) index; every write here is mirrored there, so both hold the same chunks
+        self.keywords = KeywordIndex(settings.keyword_dir)
 
     def _collection(self, instance_id: str) -> Any:
         col = self._collections.get(instance_id)
@@ -115,27 +118,31 @@ class VectorStore:
         texts: Sequence[str],
         embeddings: np.ndarray,
         metadatas: Sequence[Mapping[str, Any]],
+        *,
+        keyword_tokenizer: str | None = None,
     ) -> None:
-        """Replace all chunks of one item with new ones (no stale chunks left behind)."""
+        """Replace all chunks of one item with new ones (no stale chunks left behind), in both indexes."""
         col = self._collection(instance_id)
         col.delete(where={"item_id": item_id})
-        if not texts:
-            return
         ids = [f"{item_id}:{i}" for i in range(len(texts))]
-        col.add(
-            ids=ids,
-            embeddings=np.asarray(embeddings, dtype=np.float32),
-            documents=list(texts),
-            metadatas=[dict(m) for m in metadatas],
-        )
+        if texts:
+            col.add(
+                ids=ids,
+                embeddings=np.asarray(embeddings, dtype=np.float32),
+                documents=list(texts),
+                metadatas=[dict(m) for m in metadatas],
+            )
+        self.keywords.replace_item(instance_id, item_id, ids, texts, metadatas, tokenizer=keyword_tokenizer)
 
     def delete_item(self, instance_id: str, item_id: str) -> None:
-        """Remove every chunk of an item."""
+        """Remove every chunk of an item (vectors and keyword rows)."""
         self._collection(instance_id).delete(where={"item_id": item_id})
+        self.keywords.delete_item(instance_id, item_id)
 
     def drop_instance(self, instance_id: str) -> None:
         """Delete an instance's collection."""
         self._collections.pop(instance_id, None)
+        self.keywords.drop_instance(instance_id)
         try:
             self.client.delete_collection(collection_name(instance_id))
         except Exception:  # missing collection: nothing to drop
@@ -164,6 +171,42 @@ class VectorStore:
         ):
             hits.append(ChunkHit(cid, doc or "", dict(meta or {}), float(min(1.0, max(0.0, 1.0 - dist)))))
         return hits
+
+
+    def backfill_keywords(self, instance_id: str, *, batch: int = 1000) -> int:
+        """Fill an empty keyword index from the vector store's chunks (for data indexed before it existed).
+
+        Returns:
+            How many chunks were copied (0 when the keyword index already had rows).
+        """
+        if self.keywords.count(instance_id) > 0:
+            return 0
+        col = self._collection(instance_id)
+        by_item: dict[str, tuple[list[str], list[str], list[dict[str, Any]]]] = {}
+        offset = 0
+        while True:
+            got = col.get(include=["documents", "metadatas"], limit=batch, offset=offset)
+            if not got["ids"]:
+                break
+            for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
+                meta = dict(meta or {})
+                ids, docs, metas = by_item.setdefault(str(meta.get("item_id", cid.rsplit(":", 1)[0])), ([], [], []))
+                ids.append(cid)
+                docs.append(doc or "")
+                metas.append(meta)
+            offset += len(got["ids"])
+        for item_id, (ids, docs, metas) in by_item.items():
+            self.keywords.replace_item(instance_id, item_id, ids, docs, metas)
+        if offset:
+            logger.info("keyword index %s: backfilled %d chunks from the vector store", instance_id, offset)
+        return offset
+
+    def embeddings(self, instance_id: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored embeddings of the given chunks (missing ids are left out)."""
+        if not chunk_ids:
+            return {}
+        res = self._collection(instance_id).get(ids=list(chunk_ids), include=["embeddings"])
+        return {cid: np.asarray(emb, dtype=np.float32) for cid, emb in zip(res["ids"], res["embeddings"], strict=True)}
 
 
 def folder_for_url(url: str) -> str:

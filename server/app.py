@@ -16,7 +16,11 @@ from indexer.state import StateStore
 from server.auth import ensure_bootstrap_token
 from server.errors import install_error_handlers
 from server.jobs import IndexWorker, JobRunner
+from server.scheduler import Scheduler
+from server.mcp_server import mount_mcp
 from server.routes import instances, jobs, search
+from server.routes import nlweb, playground
+from server.routes import items, tokens
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +50,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.state = state
         app.state.service = service
         app.state.runner = runner
+        scheduler = Scheduler(state, runner.launch)
+        app.state.scheduler = scheduler
         runner.start()
         worker.start()
+        scheduler.start()
         logger.info("sitesearch %s ready: %s", __version__, describe(service))
         try:
-            yield
+            async with mcp_endpoint.run():
+                yield
         finally:
+            scheduler.stop()
             runner.stop()
             worker.stop()
             service.close()
@@ -66,7 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(instances.router)
     app.include_router(jobs.router)
+    app.include_router(items.router)
+    app.include_router(tokens.router)
     app.include_router(search.router)
+    app.include_router(nlweb.router)
+    app.include_router(playground.router)
+    mcp_endpoint = mount_mcp(app)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict[str, Any]:

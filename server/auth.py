@@ -93,9 +93,27 @@ def require(permission: str):  # noqa: ANN201 - a FastAPI dependency factory
         principal = authenticate(app_state.settings, app_state.state, request.headers.get("authorization"))
         if permission not in principal.permissions:
             raise APIError(403, f"this token lacks the '{permission}' permission")
+        if permission == EDIT and principal.folder_prefix and not tenant_may_edit(request.url.path):
+            raise APIError(
+                403,
+                f"this token is restricted to the folder {principal.folder_prefix!r}: it may upload and manage "
+                "items and tokens under it, not change instances or jobs",
+            )
         return principal
 
     return dependency
+
+
+def tenant_may_edit(path: str) -> bool:
+    """Whether a folder-restricted token may use Edit on ``path`` (items and tokens only).
+
+    Paths look like ``/client/v4/accounts/{account}/ai-search/tokens[/...]`` and
+    ``/client/v4/accounts/{account}/ai-search/instances/{id}/items[/...]``.
+    """
+    parts = path.split("/")
+    if len(parts) > 6 and parts[5] == "ai-search" and parts[6] == "tokens":
+        return True
+    return len(parts) > 8 and parts[5] == "ai-search" and parts[6] == "instances" and parts[8] == "items"
 
 
 ReadDep = Annotated[Principal, Depends(require(READ))]

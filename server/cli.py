@@ -70,20 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the HTTP API")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8787)")
-    p.add_argument("--data-dir", help="state directory")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="state directory")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("crawl", help="run one sync job for an instance in this process")
     p.add_argument("instance")
     p.add_argument("--job", default=None, help="an existing queued job id to run")
-    p.add_argument("--data-dir", help="state directory")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="state directory")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_crawl)
 
     p = sub.add_parser("demo", help="serve a bundled sample site, index it and print a search command")
     p.add_argument("--port", type=int, default=8787)
-    p.add_argument("--data-dir", help="state directory")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="state directory")
     p.add_argument("--no-wait", action="store_true", help="exit once indexing is done (for CI)")
     p.set_defaults(func=cmd_demo)
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--permission", action="append", help="AI Search:Read | AI Search:Edit | AI Search:Run (repeatable)")
     p.add_argument("--folder", default=None, help="restrict the token to folders starting with this prefix")
-    p.add_argument("--data-dir", help="state directory")
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="state directory")
     p.set_defaults(func=cmd_token)
     return parser
 
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     _apply_common(args)
     try:
         return int(args.func(args) or 0)

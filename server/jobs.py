@@ -96,8 +96,29 @@ class JobRunner:
         proc.terminate()
         return True
 
+    def reap_orphans(self) -> list[str]:
+        """Fail running jobs whose crawler (e.g. a standalone ``scrapy crawl``) died; returns their ids."""
+        with self._lock:
+            ours = set(self._procs)
+        reaped = []
+        for job in self.state.jobs_with_status("running"):
+            pid = job.get("pid")
+            if job["id"] in ours or not pid or job["crawl_done"] or _alive(pid):
+                continue
+            if self.state.finish_job(job["id"], "failed", "interrupted: the crawler process exited"):
+                self.state.log(job["id"], "job marked failed: its crawler process is gone", level="error")
+                reaped.append(job["id"])
+        return reaped
+
     def _watch(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.5):
+            ticks += 1
+            if ticks % 20 == 0:
+                try:
+                    self.reap_orphans()
+                except Exception:
+                    logger.exception("reaping dead jobs failed")
             with self._lock:
                 finished = [(j, p) for j, p in self._procs.items() if p.poll() is not None]
                 for job_id, _ in finished:

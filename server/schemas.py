@@ -24,7 +24,7 @@ class RankingOptions(_Body):
 
 
 class RerankingOptions(_Body):
-    enabled: bool = False
+    enabled: bool | None = None  # None: the instance's setting
     model: str | None = None
     match_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
@@ -34,6 +34,8 @@ class RetrievalOptions(_Body):
     max_num_results: int | None = Field(default=None, ge=1, le=50)
     match_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     filters: dict[str, Any] | None = None
+    fusion_method: Literal["rrf", "max"] | None = None
+    keyword_match_mode: Literal["and", "or"] | None = None
 
 
 class QueryRewriteOptions(_Body):
@@ -42,10 +44,16 @@ class QueryRewriteOptions(_Body):
     rewrite_prompt: str | None = None
 
 
+class CacheOptions(_Body):
+    enabled: bool | None = None
+    cache_threshold: str | None = None
+
+
 class AISearchOptions(_Body):
     retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions)
     reranking: RerankingOptions | None = None
     query_rewrite: QueryRewriteOptions | None = None
+    cache: CacheOptions | None = None
 
 
 class SearchRequest(_Body):
@@ -56,7 +64,7 @@ class SearchRequest(_Body):
     rewrite_query: bool = False
     max_num_results: int | None = Field(default=None, ge=1, le=50)
     ranking_options: RankingOptions | None = None
-    reranking: RerankingOptions | None = None
+    reranking: RerankingOptions | bool | None = None
     filters: dict[str, Any] | None = None
     stream: bool = False
     model: str | None = None

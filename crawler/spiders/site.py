@@ -18,6 +18,7 @@ Run with ``scrapy crawl site -a instance=ID [-a job=JOB_ID]``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -32,6 +33,9 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
 
+from crawler.discovery import Scope, extract_links
+from crawler.rendering import ContextRecycler, apply_rendering_settings
+from crawler.freshness import decide
 from crawler.robots import RobotsTxt, robots_policy_for_status
 from crawler.sitemaps import ParseReport, SitemapWalk, iter_sitemap, resolve_sitemap_url
 from indexer.config import Settings, get_settings
@@ -67,7 +71,13 @@ class SiteSpider(scrapy.Spider):
         if self.instance.type != "web-crawler":
             raise ValueError(f"instance {instance!r} has no website to crawl (type {self.instance.type})")
         self.instance_id = instance
-        self.job_id = job or self.state.create_job(instance, "cli")["id"]
+        if job is None:  # `scrapy crawl site -a instance=ID`: a cli job, unless a sync is already running
+            created = self.state.create_job_if_idle(instance, "cli")
+            if created is None:
+                active = self.state.active_job(instance) or {}
+                raise ValueError(f"instance {instance!r} already has a {active.get('status')} sync job {active.get('id')}")
+            job = created["id"]
+        self.job_id = job
         self.state.update_job(self.job_id, status="running", started_at=time.time(), pid=os.getpid())
         self.allowed_domains = [self.instance.host]
         self.base_url = self.instance.base_url
@@ -83,14 +93,24 @@ class SiteSpider(scrapy.Spider):
         self.frontier_cursor: tuple[float, int] | None = None
         self.frontier_exhausted = False
         self.in_flight = 0
+        # freshness and deletion (crawler/freshness.py, docs/freshness.md)
+        self.max_age: float | None = self.instance.source_params.web_crawler.discover_options.max_age
+        self.target: str | None = (self.state.get_job(self.job_id) or {}).get("target")  # sync one item
+        self.sitemap_failures = 0
+        self.gone: list[tuple[str, int]] = []  # (item id, 404|410): removed at the end unless too many
+        self.deletions_done = False
         self.pages_scheduled = 0
         self.fetch_order: list[str] = []
         self.crawl_delays: dict[str, float] = {}  # host -> seconds, read by PoliteDownloader
         self.indexer_sink: Any = None  # set by the pipeline when this process owns the vector store
+        self._init_link_discovery()
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> SiteSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
+        if spider.renderer is not None:  # settings are not frozen yet: register scrapy-playwright for this run
+            apply_rendering_settings(crawler.settings, concurrency=spider.settings_obj.concurrent_requests_per_host)
+            spider.renderer.pages_per_context = max(1, crawler.settings.getint("RENDER_CONTEXT_PAGES", 200))
         crawler.signals.connect(spider._on_idle, signal=signals.spider_idle)
         crawler.signals.connect(spider._on_closed, signal=signals.spider_closed)
         return spider
@@ -109,7 +129,8 @@ class SiteSpider(scrapy.Spider):
             errback=self.robots_failed,
             priority=ROBOTS_PRIORITY,
             dont_filter=True,
-            meta={"handle_httpstatus_list": ERROR_STATUSES},
+            # a robots.txt redirect may leave the host (RFC 9309 §2.3.1.2)
+            meta={"handle_httpstatus_list": ERROR_STATUSES, "allow_offsite": True},
         )
 
     # --- robots.txt ------------------------------------------------------------------
@@ -129,9 +150,22 @@ class SiteSpider(scrapy.Spider):
             )
             return
         self._apply_crawl_delay()
+        if self.target:
+            yield from self._sync_target()
+            return
         yield from self._queue_sitemaps()
 
-    def robots_failed(self, failure: Failure) -> None:
+    def robots_failed(self, failure: Failure) -> Iterator[Request]:
+        if "max redirections" in failure.getErrorMessage():
+            # RFC 9309 §2.3.1.2: past five redirects robots.txt may be treated as unavailable (like a 4xx)
+            self.robots = RobotsTxt.allow_all()
+            self.log_job(
+                "robots.txt: too many redirects (more than 5), treated as unavailable: everything allowed",
+                url=urljoin(self.base_url, "/robots.txt"),
+                level="warning",
+            )
+            yield from self._queue_sitemaps()
+            return
         self.robots = RobotsTxt.disallow_all()
         self.log_job(
             f"robots.txt could not be fetched ({failure.getErrorMessage()}): nothing is crawled this sync",
@@ -147,6 +181,10 @@ class SiteSpider(scrapy.Spider):
 
     # --- sitemaps -----------------------------------------------------------------------
     def _queue_sitemaps(self) -> Iterator[Request]:
+        if self.link_mode == "links":
+            self.log_job("discover_options.source is 'links': no sitemaps, following links from the start page")
+            yield from self._finish_discovery()
+            return
         specific = self.instance.parse_options.specific_sitemaps
         if specific:
             refs, origin = specific, "specific_sitemaps"
@@ -189,9 +227,11 @@ class SiteSpider(scrapy.Spider):
 
     def parse_sitemap(self, response: Response) -> Iterator[Request]:
         if response.status >= 400:
+            self.sitemap_failures += 1
             self.log_job(f"sitemap answered HTTP {response.status}", url=response.url, level="warning")
             yield from self._next_sitemap()
             return
+        self.sitemaps_fetched += 1
         depth = response.meta.get("depth_in_index", 0)
         report = ParseReport()
         children = []
@@ -206,6 +246,7 @@ class SiteSpider(scrapy.Spider):
         for err in report.errors:
             # "XML:"/"encoding:" notes describe repaired input, nothing lost
             level = "warning" if err.startswith(("XML:", "encoding:")) else "error"
+            self.sitemap_failures += level == "error"
             self.log_job(f"sitemap error: {err}", url=response.url, level=level)
         if report.skipped_over_limit:
             self.log_job(f"sitemap: {report.skipped_over_limit} URLs over the per-file limit skipped", url=response.url, level="warning")
@@ -216,6 +257,7 @@ class SiteSpider(scrapy.Spider):
 
     def sitemap_failed(self, failure: Failure) -> Iterator[Request]:
         url = failure.request.url if hasattr(failure, "request") else "?"
+        self.sitemap_failures += 1
         self.log_job(f"sitemap could not be fetched: {failure.getErrorMessage()}", url=url, level="error")
         yield from self._next_sitemap()
 
@@ -223,8 +265,17 @@ class SiteSpider(scrapy.Spider):
     def _on_host(self, url: str) -> bool:
         return (urlsplit(url).hostname or "").lower() == self.instance.host
 
-    def _discover(self, url: str, priority: float | None, lastmod: str | None, changefreq: str | None) -> None:
-        if not self._on_host(url):
+    def _discover(
+        self,
+        url: str,
+        priority: float | None,
+        lastmod: str | None,
+        changefreq: str | None,
+        *,
+        origin: str = "sitemap",
+        depth: int = 0,
+    ) -> None:
+        if not (self._on_host(url) or (origin == "link" and self.scope.contains(url))):
             self.log_job(f"Skipped: not on {self.instance.host}", url=url)
             self.state.incr_job(self.job_id, skipped=1)
             return
@@ -245,7 +296,8 @@ class SiteSpider(scrapy.Spider):
                 "seq": self.seq,
                 "lastmod": lastmod,
                 "changefreq": changefreq,
-                "origin": "sitemap",
+                "origin": origin,
+                "depth": depth,
             }
         )
         if len(self.discovery_buffer) >= DISCOVERY_FLUSH:
@@ -264,6 +316,7 @@ class SiteSpider(scrapy.Spider):
         self.discovery_done = True
         job = self.state.get_job(self.job_id) or {}
         self.log_job(f"discovery complete: {job.get('discovered', 0)} URLs in the frontier")
+        self._seed_link_discovery()
         self._schedule_frontier()
         yield from ()
 
@@ -278,19 +331,36 @@ class SiteSpider(scrapy.Spider):
             self.log_job(f"page cap of {self.settings_obj.max_pages_per_instance} reached", level="warning")
             return
         batch = self.state.frontier_batch(self.instance_id, self.job_id, after=self.frontier_cursor, limit=limit)
-        if len(batch) < limit:
-            self.frontier_exhausted = True
-        for item in batch:
-            self.frontier_cursor = (item["priority"], item["seq"])
-            self.pages_scheduled += 1
-            self.in_flight += 1
-            yield self._page_request(item)
+        yielded = 0
+        while True:
+            batch = self.state.frontier_batch(self.instance_id, self.job_id, after=self.frontier_cursor, limit=limit)
+            if len(batch) < limit:
+                self.frontier_exhausted = True
+            not_due: list[tuple[str | None, str, str]] = []
+            now = time.time()
+            for item in batch:
+                self.frontier_cursor = (item["priority"], item["seq"])
+                decision = decide(
+                    item, lastmod=item.get("lastmod"), changefreq=item.get("changefreq"), now=now, max_age=self.max_age
+                )
+                if not decision.fetch:
+                    not_due.append((item["key"], decision.reason, "info"))
+                    continue
+                self.pages_scheduled += 1
+                self.in_flight += 1
+                yielded += 1
+                yield self._page_request(item)
+            if not_due:  # not requested at all: the sitemap says they have not changed
+                self.state.log_many(self.job_id, not_due)
+                self.state.incr_job(self.job_id, not_modified=len(not_due))
+            if yielded or self.frontier_exhausted:
+                return
 
-    def _page_request(self, item: dict[str, Any]) -> Request:
+    def _page_request(self, item: dict[str, Any], *, force: bool = False) -> Request:
         headers: dict[str, str] = {}
-        if item.get("etag") and item.get("status") == "indexed":
+        if item.get("etag") and item.get("status") == "indexed" and not force:
             headers["If-None-Match"] = item["etag"]
-        if item.get("last_modified") and item.get("status") == "indexed":
+        if item.get("last_modified") and item.get("status") == "indexed" and not force:
             headers["If-Modified-Since"] = item["last_modified"]
         return self._request(
             item["key"],
@@ -300,8 +370,11 @@ class SiteSpider(scrapy.Spider):
             headers=headers,
             meta={
                 "item_id": item["id"],
+                "sitemap_lastmod": item.get("lastmod"),
+                "site_depth": item.get("depth") or 0,
                 "handle_httpstatus_list": PAGE_STATUSES,
                 "download_maxsize": self.settings_obj.max_page_bytes,
+                **(self.renderer.request_meta() if self.renderer is not None else {}),
             },
         )
 
@@ -325,21 +398,212 @@ class SiteSpider(scrapy.Spider):
     def _on_idle(self, spider: scrapy.Spider) -> None:
         if self.discovery_done and self._schedule_frontier():
             raise DontCloseSpider
+        if self.discovery_done and not self.deletions_done:
+            self.deletions_done = True
+            self._apply_deletions()
+
+    # --- deletion (see docs/freshness.md) --------------------------------------------------------
+    def _apply_deletions(self) -> None:
+        """Remove URLs gone from every sitemap and pages that answered 404/410, unless that is too many.
+
+        Runs once, when every page of the frontier has been answered.  Items are handed
+        to the index owner (status ``fetched`` + ``delete_reason``), which removes their
+        chunks.  Safety guard: when more than half of the instance's items would go (a
+        sitemap failed to load, the site is down), nothing is deleted and the job ends
+        ``completed`` with a warning.
+        """
+        vanished: list[dict[str, Any]] = []
+        if self.target:
+            pass  # sync one item: nothing else was looked at
+        elif self.sitemap_failures:
+            self.log_job(
+                f"{self.sitemap_failures} sitemap(s) failed to load: URLs missing from the sitemaps are kept this sync",
+                level="warning",
+            )
+        else:
+            vanished = self.state.vanished_items(self.instance_id, self.job_id)
+        n = len(vanished) + len(self.gone)
+        if not n:
+            return
+        total = self.state.count_live_items(self.instance_id)
+        if n > total / 2:
+            message = (
+                f"safety guard: this sync would delete {n} of {total} items ({len(vanished)} missing from the "
+                f"sitemaps, {len(self.gone)} answered 404/410), more than half; deleted nothing"
+            )
+            self.log_job(message, level="warning")
+            self.state.update_job(self.job_id, end_reason=f"warning: {message}")
+            return
+        reason = "removed: no longer listed in any sitemap"
+        self.state.mark_for_deletion([v["id"] for v in vanished], self.job_id, reason)
+        for status, ids in _group_by_status(self.gone).items():
+            self.state.mark_for_deletion(ids, self.job_id, f"HTTP {status}: removed from the index")
+
+    def _sync_target(self) -> Iterator[Request]:
+        """Sync one item: re-fetch the job's target URL unconditionally and re-index it (no sitemaps)."""
+        url = self.target or ""
+        self.discovery_done = True
+        self.frontier_exhausted = True
+        reason = None
+        if not self._on_host(url):
+            reason = f"Skipped: not on {self.instance.host}"
+        elif self.filter.skip_reason(url):
+            reason = self.filter.skip_reason(url)
+        elif not self.robots.allowed(url, self.settings.get("USER_AGENT", "sitesearch")):
+            reason = "Skipped by robots.txt"
+        if reason:
+            self.log_job(reason, url=url, level="warning")
+            self.state.incr_job(self.job_id, skipped_by_rule=1)
+            return
+        item = self.state.ensure_item(self.instance_id, url, origin="link")
+        self.state.update_item(item["id"], seen_job=self.job_id, content_hash=None)  # re-embed even if unchanged
+        self.state.incr_job(self.job_id, discovered=1)
+        self.log_job("sync one item: re-fetching and re-indexing", url=url)
+        self.pages_scheduled += 1
+        self.in_flight += 1
+        yield self._page_request({**item, "content_hash": None}, force=True)
+
+    # --- link discovery and URL keys (see crawler/discovery.py) ------------------------------
+    def _init_link_discovery(self) -> None:
+        """Link-discovery mode, scope and caps from ``parse_type`` / ``discover_options``; the renderer."""
+        web = self.instance.source_params.web_crawler
+        self.discover_options = web.discover_options
+        # None: sitemaps only (links only as the no-sitemap fallback); "all" | "sitemaps" | "links" otherwise
+        self.link_mode: str | None = self.discover_options.source if web.parse_type in ("discover", "crawl") else None
+        if self.link_mode == "sitemaps":
+            self.link_mode = None
+        self.scope = Scope(self.instance.host, include_subdomains=self.discover_options.include_subdomains)
+        self.follow_links = False
+        self.links_seen: set[str] = set()
+        self.links_recorded = 0
+        self.link_limit_logged = False
+        self.sitemaps_fetched = 0
+        self.started_at = time.time()
+        self.renderer = ContextRecycler() if self.instance.parse_options.use_browser_rendering else None
+
+    def _seed_link_discovery(self) -> None:
+        """Start following links from the instance's source URL (explicitly, or as the no-sitemap fallback)."""
+        web = self.instance.source_params.web_crawler
+        if self.link_mode is None:
+            if self.sitemaps_fetched or self.instance.parse_options.specific_sitemaps or web.parse_type == "discover":
+                return
+            self.log_job(
+                "no sitemap found (robots.txt lists none and /sitemap.xml is missing): "
+                f"falling back to link discovery from {self.instance.source}",
+                level="warning",
+            )
+        self.follow_links = True
+        seed = self.instance.source or self.base_url + "/"
+        self.links_seen.add(seed)
+        self._discover(seed, 0.0, None, None, origin="link", depth=0)
+        self.links_recorded += 1
+        self._flush_discovered()
+        self.frontier_exhausted = False
+
+    def _follow_links(self, response: Response, item_id: str) -> None:
+        """Record the same-site links of a fetched page (breadth-first, up to ``depth`` and ``limit``)."""
+        depth = int(response.meta.get("site_depth") or 0)
+        if not self.follow_links or depth >= self.discover_options.depth:
+            return
+        body: bytes = response.body if response.status != 304 else b""
+        ctype = (_header(response, "Content-Type") or "").split(";")[0].strip().lower()
+        if response.status == 304:  # unchanged since last sync: its links come from the stored copy
+            page = self.raw.get(self.instance_id, item_id)
+            body, ctype = (page.body, (page.content_type or "").split(";")[0].strip().lower()) if page else (b"", "")
+        if not body or (ctype and ctype not in ("text/html", "application/xhtml+xml")):
+            return
+        found = extract_links(body, response.url, self.scope)
+        limit = min(self.discover_options.limit, self.settings_obj.max_pages_per_instance)
+        for url in found.links:
+            if url in self.links_seen:
+                continue
+            if self.links_recorded >= limit:
+                if not self.link_limit_logged:
+                    self.link_limit_logged = True
+                    self.log_job(f"link discovery limit of {limit} pages reached: further links skipped", level="warning")
+                break
+            self.links_seen.add(url)
+            self.links_recorded += 1
+            self._discover(url, 0.0, None, None, origin="link", depth=depth + 1)
+        for url in found.external:
+            if url not in self.links_seen:
+                self.links_seen.add(url)
+                self.log_job("Skipped: external link (only this site's host is crawled)", url=url)
+        self._flush_discovered()
+        self.frontier_exhausted = False
+
+    def _collapse_to_key(self, response: Response, item_id: str) -> str | None:
+        """The item a fetched page is stored under: its canonical URL, else its URL after redirects.
+
+        Duplicates collapse onto one item: the fetched URL's own item is marked
+        ``skipped`` with the key it collapsed into.  Returns None when the page must not
+        be stored (redirected off the site, or its key was already fetched in this job).
+        """
+        requested = (response.meta.get("redirect_urls") or [response.url])[0]  # the item's own URL
+        key = response.url
+        if not self.scope.contains(key) and not self._on_host(key):
+            self.state.update_item(item_id, status="skipped", error=f"redirected off the site to {key}")
+            self.log_job(f"Skipped: redirected off {self.instance.host} to {key}", url=requested)
+            self.state.incr_job(self.job_id, skipped=1)
+            return None
+        ctype = (_header(response, "Content-Type") or "").split(";")[0].strip().lower()
+        if ctype in ("text/html", "application/xhtml+xml", ""):
+            canonical = extract_links(response.body, response.url, self.scope).canonical
+            if canonical:
+                key = canonical
+        if key == requested:
+            return item_id
+        current = self.state.get_item_by_id(item_id) or {}
+        if current.get("key") == key:
+            return item_id
+        target = self.state.get_item_by_key(self.instance_id, key)
+        if target is not None and target["id"] != item_id and target.get("seen_job") == self.job_id and (
+            (target.get("fetched_at") or 0) >= self.started_at
+        ):
+            self.state.update_item(item_id, status="skipped", error=f"duplicate of {key}", pending_job=None)
+            self.log_job(f"Skipped: same page as {key} (canonical URL / redirect)", url=requested)
+            self.state.incr_job(self.job_id, skipped=1)
+            return None
+        if target is None:
+            target = self.state.ensure_item(
+                self.instance_id,
+                key,
+                origin=current.get("origin") or "link",
+                priority=current.get("priority", 0.5),
+                seq=current.get("seq", 0),
+                depth=current.get("depth", 0),
+            )
+        self.state.update_item(target["id"], seen_job=self.job_id)
+        if target["id"] != item_id:
+            self.state.update_item(item_id, status="skipped", error=f"collapsed into {key}", pending_job=None)
+            self.log_job(f"stored as {key} (canonical URL / redirect target)", url=requested)
+        return target["id"]
 
     # --- pages -------------------------------------------------------------------------------
     async def parse_page(self, response: Response) -> None:
         self.in_flight -= 1
         item_id = response.meta["item_id"]
+        if self.renderer is not None:
+            await self.renderer.release(response.meta)
+        if status_ok(response.status) or response.status == 304:
+            self._follow_links(response, item_id)
+        if status_ok(response.status):
+            collapsed = self._collapse_to_key(response, item_id)
+            if collapsed is None:
+                self._top_up()
+                return
+            item_id = collapsed
         self.fetch_order.append(response.request.url if response.request else response.url)
         status = response.status
         now = time.time()
+        checked = {"checked_at": now, "checked_lastmod": response.meta.get("sitemap_lastmod")}
         if status == 304:
-            self.state.update_item(item_id, http_status=304, status="indexed")
+            self.state.update_item(item_id, http_status=304, status="indexed", error=None, **checked)
             self.state.incr_job(self.job_id, not_modified=1)
-        elif status in (404, 410):
-            self.state.update_item(item_id, http_status=status, status="fetched", pending_job=self.job_id, fetched_at=now)
+        elif status in (404, 410):  # chunks removed when the crawl ends (safety guard: _apply_deletions)
+            self.state.update_item(item_id, http_status=status, error=f"HTTP {status}", **checked)
+            self.gone.append((item_id, status))
             self.state.incr_job(self.job_id, fetched=1)
-            await self._maybe_index(item_id)
         elif status >= 400:
             self.state.update_item(item_id, http_status=status, error=f"HTTP {status}")
             self.state.incr_job(self.job_id, errors=1)
@@ -367,6 +631,8 @@ class SiteSpider(scrapy.Spider):
                 etag=_header(response, "ETag"),
                 last_modified=_header(response, "Last-Modified"),
                 error=None,
+                delete_reason=None,
+                **checked,
             )
             self.state.incr_job(self.job_id, fetched=1)
             await self._maybe_index(item_id)
@@ -378,6 +644,8 @@ class SiteSpider(scrapy.Spider):
 
     def page_failed(self, failure: Failure) -> None:
         self.in_flight -= 1
+        if self.renderer is not None and getattr(failure, "request", None) is not None:
+            asyncio.ensure_future(self.renderer.release(failure.request.meta))
         request = getattr(failure, "request", None)
         url = request.url if request else "?"
         message = failure.getErrorMessage()
@@ -406,6 +674,18 @@ class SiteSpider(scrapy.Spider):
             status = "cancelled" if reason in ("cancelled", "shutdown") else "failed"
             self.state.finish_job(self.job_id, status, f"crawl ended: {reason}")
         self.log_job(f"crawl finished ({reason}); {self.pages_scheduled} pages requested")
+
+
+def _group_by_status(gone: list[tuple[str, int]]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for item_id, status in gone:
+        out.setdefault(status, []).append(item_id)
+    return out
+
+
+def status_ok(status: int) -> bool:
+    """A 2xx answer (a page with content)."""
+    return 200 <= status < 300
 
 
 def _header(response: Response, name: str) -> str | None:

@@ -1,17 +1,17 @@
-"""``/instances``: create, list, get, update, delete; stats and items."""
+"""``/instances``: create, list, get, update, delete; stats (items: :mod:`server.routes.items`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body
 from pydantic import ValidationError
 
-from indexer.instance import InstanceConfig
+from indexer.instance import InstanceConfig, normalize_source
 from server.auth import EditDep, ReadDep
 from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, load_instance
 from server.errors import APIError, envelope, validation_message
-from server.schemas import instance_public, item_public
+from server.schemas import instance_public
 
 router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances", tags=["instances"])
 
@@ -61,13 +61,18 @@ def get_instance(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str) 
 def update_instance(
     _: AccountDep, __: EditDep, state: StateDep, instance_id: str, body: dict[str, Any] = Body(...)
 ) -> dict[str, Any]:
-    row, _cfg = load_instance(state, instance_id)
+    row, cfg = load_instance(state, instance_id)
     if not isinstance(body, dict):
         raise APIError(400, "body: must be a JSON object")
     current = {**row["config"], "id": row["id"]}
+    fixed = cfg.model_dump(mode="json")
     for field in IMMUTABLE_FIELDS:
-        if field in body and body[field] != current.get(field):
-            raise APIError(400, f"{field}: cannot be changed after creation")
+        if field in body and _comparable(field, body[field]) != fixed.get(field):
+            raise APIError(
+                400,
+                f"{field}: cannot be changed after creation (the data source, embedding model, name and id are "
+                "fixed; create a new instance instead)",
+            )
     merged = _deep_merge(current, body)
     config = parse_config(merged)
     state.update_instance_config(instance_id, config.model_dump(mode="json"))
@@ -105,31 +110,14 @@ def instance_stats(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str
     )
 
 
-@router.get("/{instance_id}/items")
-def list_items(
-    _: AccountDep,
-    __: ReadDep,
-    state: StateDep,
-    instance_id: str,
-    status: str | None = Query(default=None, pattern="^(queued|fetched|indexed|error|skipped|deleted)$"),
-    page: int = Query(default=1, ge=1),
-    per_page: int = Query(default=50, ge=1, le=1000),
-) -> dict[str, Any]:
-    load_instance(state, instance_id)
-    rows, total = state.list_items(instance_id, status=status, limit=per_page, offset=(page - 1) * per_page)
-    return envelope(
-        [item_public(r) for r in rows],
-        result_info={"page": page, "per_page": per_page, "count": len(rows), "total_count": total},
-    )
-
-
-@router.get("/{instance_id}/items/{item_id}")
-def get_item(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str, item_id: str) -> dict[str, Any]:
-    load_instance(state, instance_id)
-    item = state.get_item(instance_id, item_id)
-    if item is None:
-        raise APIError(404, f"item {item_id!r} not found")
-    return envelope(item_public(item))
+def _comparable(field: str, value: Any) -> Any:
+    """A PATCH value as it would be stored (``source`` is normalised)."""
+    if field == "source" and isinstance(value, str):
+        try:
+            return normalize_source(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

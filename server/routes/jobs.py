@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 
 from server.auth import EditDep, ReadDep
 from server.deps import AccountDep, RunnerDep, StateDep, load_instance
@@ -14,15 +17,34 @@ from server.schemas import iso, job_public
 router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances/{instance_id}/jobs", tags=["jobs"])
 
 
-def start_sync(state: Any, runner: Any, instance_id: str, source: str = "manual") -> dict[str, Any]:
-    """Queue and launch a sync job for an instance (one at a time)."""
+SYNC_COOLDOWN = 30.0  # seconds between manual sync requests of one instance (as documented by Cloudflare)
+
+
+def start_sync(
+    state: Any, runner: Any, instance_id: str, source: str = "manual", *, target: str | None = None
+) -> dict[str, Any]:
+    """Queue and launch a sync job for an instance (one at a time; 429 within the cooldown).
+
+    Args:
+        target: sync one item: the URL to re-fetch and re-index (None: a full sync).
+    """
     _row, config = load_instance(state, instance_id)
     if config.type != "web-crawler":
         raise APIError(400, f"instance {instance_id!r} has no website to crawl (type {config.type!r})")
-    active = state.active_job(instance_id)
-    if active:
-        raise APIError(409, f"sync job {active['id']} is already {active['status']} for this instance")
-    job = state.create_job(instance_id, source)
+    last = state.last_job(instance_id, full_sync_only=True)
+    if target is None and last is not None:
+        wait = SYNC_COOLDOWN - (time.time() - last["created_at"])
+        if wait > 0:
+            raise APIError(
+                429,
+                f"a sync of instance {instance_id!r} was requested {SYNC_COOLDOWN - wait:.0f} s ago; "
+                f"a new sync can start every {SYNC_COOLDOWN:.0f} s (retry in {wait:.0f} s)",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+    job = state.create_job_if_idle(instance_id, source, target=target)
+    if job is None:
+        active = state.active_job(instance_id) or {}
+        raise APIError(409, f"sync job {active.get('id')} is already {active.get('status')} for this instance")
     runner.launch(job)
     return state.get_job(job["id"])
 
@@ -30,6 +52,30 @@ def start_sync(state: Any, runner: Any, instance_id: str, source: str = "manual"
 @router.post("")
 def create_job(_: AccountDep, __: EditDep, state: StateDep, runner: RunnerDep, instance_id: str) -> dict[str, Any]:
     return envelope(job_public(start_sync(state, runner, instance_id)))
+
+
+@router.post("/sync-item")
+def sync_item(
+    _: AccountDep, __: EditDep, state: StateDep, runner: RunnerDep, instance_id: str, body: dict[str, Any] = Body(...)
+) -> dict[str, Any]:
+    """Sync one item: re-fetch one URL (``{"url": ...}`` or ``{"item_id": ...}``) and re-index it, as a job."""
+    if not isinstance(body, dict):
+        raise APIError(400, "body: must be a JSON object with url or item_id")
+    url = body.get("url")
+    if url is None and body.get("item_id") is not None:
+        item = state.get_item(instance_id, str(body["item_id"]))
+        if item is None:
+            load_instance(state, instance_id)
+            raise APIError(404, f"item_id: item {body['item_id']!r} not found")
+        url = item["key"]
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise APIError(400, "url: an absolute http(s) URL of a page of this instance is required")
+    _row, config = load_instance(state, instance_id)
+    if config.type != "web-crawler":
+        raise APIError(400, f"instance {instance_id!r} has no website to crawl (type {config.type!r})")
+    if (urlsplit(url).hostname or "").lower() != config.host:
+        raise APIError(400, f"url: {url!r} is not on {config.host}")
+    return envelope(job_public(start_sync(state, runner, instance_id, target=url)))
 
 
 @router.get("")

@@ -1,44 +1,180 @@
-"""``/search`` and ``/ai-search`` on instances, plus the legacy ``/autorag/rags/{name}`` aliases."""
+"""``/search`` and ``/ai-search`` on instances, plus the legacy ``/autorag/rags/{name}`` aliases.
+
+Options resolve request over instance over server: ``ai_search_options`` (nested) over the
+seeds' flat fields over the instance's configuration (``index_method`` → retrieval type,
+``fusion_method``, ``retrieval_options.keyword_match_mode``, ``reranking``/``reranking_model``,
+``ai_search_model``, ``system_prompt_ai_search``) over :class:`~indexer.config.Settings`.
+
+``stream: true`` on ``/ai-search`` answers with Server-Sent Events: one
+``data: {"search_query", "data"}`` event with the results, then ``data: {"response": piece}``
+events (tokens from a generator, sentences of the extractive answer), then ``data: [DONE]``.
+"""
 
 from __future__ import annotations
 
-import re
+import json
+import logging
+import threading
+from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from indexer.answer import AnswerError, GenerationConfig, Generator, extractive_answer, extractive_parts, sources_block
+from indexer.instance import InstanceConfig
+from indexer.keyword import KeywordQueryError
 from indexer.metafilter import FilterError
-from indexer.search import SearchHit, search
+from indexer.rerank import RerankError, get_reranker
+from indexer.search import RetrievalOptions, SearchHit, search
+from indexer.simcache import SimilarityCache, threshold_name
 from server.auth import EditDep, Principal, RunDep
 from server.deps import AccountDep, RunnerDep, ServiceDep, StateDep, load_instance
 from server.errors import APIError, envelope
 from server.routes.jobs import start_sync
-from server.schemas import SearchRequest, hit_public, job_public
+from server.schemas import RerankingOptions, SearchRequest, hit_public, job_public
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/client/v4/accounts/{account_id}", tags=["search"])
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-_WORD = re.compile(r"\w+")
+__all__ = ["extractive_answer", "router", "run_search", "search_result"]
+
+
+@dataclass
+class Plan:
+    """A search request resolved against its instance."""
+
+    config: InstanceConfig
+    query: str
+    max_n: int
+    threshold: float
+    filters: dict[str, Any] | None
+    retrieval: RetrievalOptions
+    rerank: bool
+    rerank_model: str | None
+    rerank_threshold: float | None
+    rewrite: bool
+    rewrite_requested: bool  # by the request (400 without a generator) rather than the instance
+    rewrite_model: str | None
+    rewrite_prompt: str | None
+
+
+def plan_search(config: InstanceConfig, body: SearchRequest) -> Plan:
+    """Resolve the request's options against the instance's defaults."""
+    max_n, threshold, filters = body.resolved(default_max=config.max_num_results, default_threshold=config.match_threshold)
+    im = config.index_method
+    rtype = "hybrid" if (im.vector and im.keyword) else ("keyword" if im.keyword else "vector")
+    fusion = config.fusion_method
+    mode = config.retrieval_options.keyword_match_mode
+    rr = body.reranking
+    flat_rr = RerankingOptions(enabled=rr) if isinstance(rr, bool) else rr
+    rerank, rerank_model, rerank_threshold = config.reranking, config.reranking_model, None
+    rewrite, rewrite_model, rewrite_prompt = body.rewrite_query or config.rewrite_query, config.rewrite_model, None
+    requested = body.rewrite_query
+    for opt in (flat_rr, body.ai_search_options.reranking if body.ai_search_options else None):
+        if opt is not None:
+            rerank = opt.enabled if opt.enabled is not None else rerank
+            rerank_model = opt.model or rerank_model
+            rerank_threshold = opt.match_threshold if opt.match_threshold is not None else rerank_threshold
+    if body.ai_search_options:
+        r = body.ai_search_options.retrieval
+        rtype = r.retrieval_type or rtype
+        fusion = r.fusion_method or fusion
+        mode = r.keyword_match_mode or mode
+        qr = body.ai_search_options.query_rewrite
+        if qr is not None:
+            rewrite = requested = qr.enabled
+            rewrite_model = qr.model or rewrite_model
+            rewrite_prompt = qr.rewrite_prompt
+    return Plan(
+        config=config,
+        query=body.effective_query,
+        max_n=max_n,
+        threshold=threshold,
+        filters=filters,
+        retrieval=RetrievalOptions(retrieval_type=rtype, fusion_method=fusion, keyword_match_mode=mode),
+        rerank=rerank,
+        rerank_model=rerank_model,
+        rerank_threshold=rerank_threshold,
+        rewrite=rewrite,
+        rewrite_requested=requested,
+        rewrite_model=rewrite_model,
+        rewrite_prompt=rewrite_prompt or config.system_prompt_rewrite_query,
+    )
+
+
+def generator_for(service: Any, config: InstanceConfig, *, model: str | None = None) -> Generator | None:
+    """The instance's generation client, or None when no endpoint is configured."""
+    settings = service.settings
+    base_url = config.ai_search_base_url or settings.generation_base_url
+    if not base_url:
+        return None
+    # Cloudflare-hosted model names (@cf/...) cannot run here: use the configured model instead
+    names = [m for m in (model, config.ai_search_model, settings.generation_model) if m and not m.startswith("@cf/")]
+    return Generator(
+        GenerationConfig(
+            base_url=base_url,
+            model=names[0] if names else "default",
+            api_key=settings.generation_api_key(config.ai_search_api_key_env),
+            timeout=settings.generation_timeout,
+        )
+    )
 
 
 def run_search(state: Any, service: Any, principal: Principal, instance_id: str, body: SearchRequest) -> tuple[str, list[SearchHit]]:
     """Validate options against the instance and retrieve; returns ``(query, hits)``."""
     _row, config = load_instance(state, instance_id)
-    if body.rewrite_query or (body.ai_search_options and body.ai_search_options.query_rewrite and body.ai_search_options.query_rewrite.enabled):
-        raise APIError(400, "rewrite_query: no query-rewrite model is configured on this server")
-    max_n, threshold, filters = body.resolved(default_max=config.max_num_results, default_threshold=config.match_threshold)
-    query = body.effective_query
+    plan = plan_search(config, body)
+    return execute(service, principal, instance_id, plan)
+
+
+def execute(service: Any, principal: Principal, instance_id: str, plan: Plan) -> tuple[str, list[SearchHit]]:
+    """Rewrite (if asked), retrieve and rerank one planned search."""
+    query = plan.query
+    if plan.rewrite:
+        gen = generator_for(service, plan.config, model=plan.rewrite_model)
+        if gen is None and not plan.rewrite_requested:
+            logger.warning("instance %s enables rewrite_query but no generation model is configured", instance_id)
+        elif gen is None:
+            raise APIError(
+                400,
+                "rewrite_query: query rewriting needs a generation model and none is configured "
+                "(set SITESEARCH_GENERATION_BASE_URL or the instance's ai_search_base_url)",
+            )
+        else:
+            try:
+                query = gen.rewrite(query, prompt=plan.rewrite_prompt)
+            except AnswerError as exc:
+                raise APIError(502, f"rewrite_query: {exc}") from None
+            finally:
+                gen.close()
+    reranker = None
+    if plan.rerank:
+        try:
+            reranker = get_reranker(
+                plan.rerank_model,
+                bm25=lambda q, ids: service.vectors.keywords.score_ids(instance_id, q, ids),
+                model_dir=service.settings.rerank_model_dir,
+            )
+        except RerankError as exc:
+            raise APIError(400, str(exc)) from None
     try:
         hits = search(
             service,
             instance_id,
             query,
-            max_num_results=max_n,
-            score_threshold=threshold,
-            filters=filters,
+            max_num_results=plan.max_n,
+            score_threshold=plan.threshold,
+            filters=plan.filters,
             folder_prefix=principal.folder_prefix,
+            options=plan.retrieval,
+            reranker=reranker,
+            rerank_threshold=plan.rerank_threshold,
         )
-    except FilterError as exc:
+    except (FilterError, KeywordQueryError) as exc:
         raise APIError(400, str(exc)) from None
     return query, hits
 
@@ -53,26 +189,6 @@ def search_result(query: str, hits: list[SearchHit]) -> dict[str, Any]:
     }
 
 
-def extractive_answer(query: str, hits: list[SearchHit], *, max_sentences: int = 4) -> str:
-    """Best sentences of the top chunks, each with a [n] citation (no generation model)."""
-    if not hits:
-        return "No relevant content was found for this query."
-    q_words = {w.lower() for w in _WORD.findall(query) if len(w) > 2}
-    scored: list[tuple[float, int, int, str]] = []
-    for rank, hit in enumerate(hits[:5]):
-        for pos, sentence in enumerate(s.strip() for s in _SENTENCE.split(hit.text)):
-            if len(sentence) < 20:
-                continue
-            words = {w.lower() for w in _WORD.findall(sentence)}
-            overlap = len(q_words & words) / (len(q_words) or 1)
-            scored.append((overlap + hit.score - 0.05 * rank, rank, pos, sentence))
-    best = sorted(scored, reverse=True)[:max_sentences]
-    best.sort(key=lambda t: (t[1], t[2]))
-    lines = [f"{s} [{rank + 1}]" for _, rank, _, s in best]
-    sources = "\n".join(f"[{i + 1}] {h.title or h.filename} — {h.filename}" for i, h in enumerate(hits[:5]))
-    return "Extractive answer (no generation model configured):\n\n" + " ".join(lines) + "\n\nSources:\n" + sources
-
-
 @router.post("/ai-search/instances/{instance_id}/search")
 def instance_search(
     _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
@@ -81,14 +197,106 @@ def instance_search(
     return envelope(search_result(query, hits))
 
 
-@router.post("/ai-search/instances/{instance_id}/ai-search")
+_CACHES: dict[str, SimilarityCache] = {}
+_CACHES_LOCK = threading.Lock()
+CACHE_HEADER = "cf-aig-cache-status"
+
+
+def similarity_cache(service: Any) -> SimilarityCache:
+    """The similarity cache of this data directory (one per process)."""
+    path = service.settings.data_dir.resolve() / "simcache.sqlite"
+    with _CACHES_LOCK:
+        cache = _CACHES.get(str(path))
+        if cache is None:
+            cache = _CACHES[str(path)] = SimilarityCache(path)
+        return cache
+
+
+def _cache_settings(config: InstanceConfig, body: SearchRequest) -> tuple[bool, str]:
+    enabled, threshold = config.cache, config.cache_threshold
+    opt = body.ai_search_options.cache if body.ai_search_options else None
+    if opt is not None:
+        enabled = opt.enabled if opt.enabled is not None else enabled
+        threshold = opt.cache_threshold or threshold
+    try:
+        return enabled, threshold_name(threshold)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+@router.post("/ai-search/instances/{instance_id}/ai-search", response_model=None)
 def instance_ai_search(
     _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
-) -> dict[str, Any]:
-    query, hits = run_search(state, service, principal, instance_id, body)
+) -> dict[str, Any] | StreamingResponse | JSONResponse:
+    _row, config = load_instance(state, instance_id)
+    plan = plan_search(config, body)
+    system_prompt = body.system_prompt or config.system_prompt_ai_search
+    use_cache, threshold = _cache_settings(config, body)
+    use_cache = use_cache and not body.stream
+    cache = similarity_cache(service) if use_cache else None
+    signature = ""
+    if cache is not None:
+        signature = SimilarityCache.signature({
+            "plan": {k: v for k, v in asdict(plan).items() if k not in ("config", "query")},
+            "model": body.model, "system_prompt": system_prompt, "tenant": principal.folder_prefix,
+            "generation": [config.ai_search_base_url, config.ai_search_model],
+        })
+        hit = cache.lookup(instance_id, plan.query, signature=signature, threshold=threshold,
+                           current=lambda item_id: _content_hash(state, item_id))
+        if hit is not None:
+            return JSONResponse(envelope(hit.response), headers={CACHE_HEADER: "HIT"})
+    query, hits = execute(service, principal, instance_id, plan)
     result = search_result(query, hits)
-    result["response"] = extractive_answer(query, hits)
-    return envelope(result)
+    gen = generator_for(service, config, model=body.model) if hits else None
+    if body.stream:
+        return StreamingResponse(_sse(result, query, hits, gen, system_prompt), media_type="text/event-stream",
+                                 headers={CACHE_HEADER: "MISS"})
+    if gen is None:
+        result["response"] = extractive_answer(query, hits)
+    else:
+        try:
+            result["response"] = gen.answer(query, hits, system_prompt=system_prompt)
+        except AnswerError as exc:
+            raise APIError(502, f"model: {exc}") from None
+        finally:
+            gen.close()
+    if cache is not None and hits:
+        cited = {h.item_id: _content_hash(state, h.item_id) for h in hits}
+        cache.store(instance_id, plan.query, result, signature=signature, items=cited)
+    return JSONResponse(envelope(result), headers={CACHE_HEADER: "MISS"})
+
+
+def _content_hash(state: Any, item_id: str) -> str | None:
+    """An item's current content hash (None when it is gone or not indexed)."""
+    item = state.get_item_by_id(item_id)
+    if item is None or item.get("status") not in ("indexed", "fetched"):
+        return None
+    return item.get("content_hash") or f"indexed@{item.get('indexed_at')}"
+
+
+def _sse(result: dict[str, Any], query: str, hits: list[SearchHit], gen: Generator | None,
+         system_prompt: str | None) -> Iterator[str]:
+    """The streamed answer: results first, then answer pieces, then ``[DONE]``."""
+    yield _event({"search_query": result["search_query"], "data": result["data"]})
+    try:
+        if gen is None:
+            for piece in extractive_parts(query, hits):
+                yield _event({"response": piece})
+        else:
+            for token in gen.stream(gen.answer_messages(query, hits, system_prompt=system_prompt)):
+                yield _event({"response": token})
+            yield _event({"response": "\n\n" + sources_block(hits)})
+    except AnswerError as exc:
+        logger.warning("streamed generation failed: %s", exc)
+        yield _event({"error": f"model: {exc}"})
+    finally:
+        if gen is not None:
+            gen.close()
+    yield "data: [DONE]\n\n"
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 # --- legacy AutoRAG aliases -----------------------------------------------------------------
@@ -99,10 +307,10 @@ def legacy_search(
     return instance_search(_, principal, state, service, instance_id, body)
 
 
-@router.post("/autorag/rags/{instance_id}/ai-search", tags=["legacy"])
+@router.post("/autorag/rags/{instance_id}/ai-search", tags=["legacy"], response_model=None)
 def legacy_ai_search(
     _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
-) -> dict[str, Any]:
+) -> dict[str, Any] | StreamingResponse | JSONResponse:
     return instance_ai_search(_, principal, state, service, instance_id, body)
 
 

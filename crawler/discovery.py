@@ -1,0 +1,175 @@
+"""Link discovery: pure extraction of crawlable links and the canonical URL from an HTML page.
+
+Used by the ``site`` spider for ``parse_type: "discover"`` (and the fallback when a
+site has no sitemap).  Bytes in, URLs out; no network.  Scope rules:
+
+* same host as the instance (scheme http/https, any port the instance uses);
+* subdomains of that host only with ``include_subdomains``;
+* other hosts are returned separately as *external* so the caller can log or
+  follow them (``include_external_links``).
+
+Links are made absolute against ``<base href>`` (else the page URL), fragments
+are dropped, ``rel="nofollow"`` links and non-HTTP schemes (``mailto:``,
+``javascript:``, ``data:``...) are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from lxml import etree, html
+
+logger = logging.getLogger(__name__)
+
+MAX_LINKS_PER_PAGE = 5000  # more links than this on one page are ignored (spider traps, huge indexes)
+MAX_URL_LENGTH = 2048  # characters
+_LINK_TAGS = {"a": "href", "area": "href"}
+
+
+@dataclass(slots=True)
+class PageLinks:
+    """What one page contributes to discovery."""
+
+    links: list[str] = field(default_factory=list)  # in-scope, absolute, deduplicated, in document order
+    external: list[str] = field(default_factory=list)  # absolute http(s) links to other hosts
+    canonical: str | None = None  # <link rel="canonical">, absolute, if in scope
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which hosts count as "the site".
+
+    Args:
+        host: the instance's hostname (lowercase, no port).
+        include_subdomains: also accept ``*.host``.
+    """
+
+    host: str
+    include_subdomains: bool = False
+
+    def contains(self, url: str) -> bool:
+        """True if ``url`` is an http(s) URL on the site's host (or a subdomain when allowed)."""
+        try:
+            parts = urlsplit(url)
+            hostname = (parts.hostname or "").lower()
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not hostname:
+            return False
+        if hostname == self.host:
+            return True
+        return self.include_subdomains and hostname.endswith("." + self.host)
+
+
+def normalize_link(href: str, base_url: str) -> str | None:
+    """Resolve ``href`` against ``base_url``; drop the fragment. None for non-HTTP or malformed links.
+
+    Args:
+        href: the attribute value as written.
+        base_url: the page URL (or its ``<base href>``).
+
+    Returns:
+        An absolute http(s) URL without fragment, or None.
+    """
+    href = (href or "").strip()
+    if not href or href.startswith("#"):
+        return None
+    try:
+        absolute = urljoin(base_url, href)
+        parts = urlsplit(absolute)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        netloc = parts.netloc.lower() if "@" not in parts.netloc else parts.netloc
+        path = parts.path or "/"
+        url = urlunsplit((parts.scheme, netloc, path, parts.query, ""))
+    except ValueError:
+        return None
+    if len(url) > MAX_URL_LENGTH or any(c in url for c in " \t\r\n\0"):
+        return None
+    return url
+
+
+def extract_links(body: bytes | str, page_url: str, scope: Scope) -> PageLinks:
+    """Extract the in-scope links, external links and canonical URL of an HTML page.
+
+    Args:
+        body: the HTML document.
+        page_url: the URL the page was fetched from (after redirects).
+        scope: the site's host rules.
+
+    Returns:
+        A :class:`PageLinks`; empty when the document cannot be parsed.
+    """
+    result = PageLinks()
+    if not body:
+        return result
+    try:
+        parser = html.HTMLParser(recover=True, no_network=True, remove_comments=True)
+        root = html.fromstring(body, parser=parser)
+    except (etree.ParserError, ValueError, TypeError) as exc:
+        logger.debug("unparseable HTML at %s: %s", page_url, exc)
+        return result
+    if root is None:
+        return result
+    base_url = page_url
+    for base in root.iter("base"):
+        href = base.get("href")
+        if href:
+            resolved = normalize_link(href, page_url)
+            if resolved:
+                base_url = resolved
+        break
+    result.canonical = _canonical(root, base_url, scope)
+    seen: set[str] = set()
+    count = 0
+    for el in root.iter(*_LINK_TAGS):
+        if not isinstance(el.tag, str):
+            continue
+        rel = (el.get("rel") or "").lower().split()
+        if "nofollow" in rel:
+            continue
+        url = normalize_link(el.get(_LINK_TAGS[el.tag.lower()]) or "", base_url)
+        if url is None or url in seen:
+            continue
+        seen.add(url)
+        count += 1
+        if count > MAX_LINKS_PER_PAGE:
+            logger.info("more than %d links on %s: the rest are ignored", MAX_LINKS_PER_PAGE, page_url)
+            break
+        (result.links if scope.contains(url) else result.external).append(url)
+    return result
+
+
+def canonical_url(body: bytes | str, page_url: str, scope: Scope) -> str | None:
+    """The page's ``<link rel="canonical">`` URL if it is absolute-able and in scope, else None.
+
+    Args:
+        body: the HTML document.
+        page_url: the URL the page was fetched from.
+        scope: the site's host rules (a canonical on another host is ignored).
+
+    Returns:
+        The canonical URL (fragment dropped) or None.
+    """
+    if not body:
+        return None
+    try:
+        root = html.fromstring(body, parser=html.HTMLParser(recover=True, no_network=True))
+    except (etree.ParserError, ValueError, TypeError):
+        return None
+    if root is None:
+        return None
+    return _canonical(root, page_url, scope)
+
+
+def _canonical(root: html.HtmlElement, base_url: str, scope: Scope) -> str | None:
+    for link in root.iter("link"):
+        rel = (link.get("rel") or "").lower().split()
+        if "canonical" not in rel:
+            continue
+        url = normalize_link(link.get("href") or "", base_url)
+        # only the first canonical counts; one on another host is a hint we do not follow
+        return url if url and scope.contains(url) else None
+    return None

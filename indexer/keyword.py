@@ -1,0 +1,336 @@
+"""Keyword index beside the vectors: SQLite FTS5 with BM25 ranking, one file per instance.
+
+Why FTS5: it ships with Python's ``sqlite3`` (no package), persists and updates
+one item at a time (``bm25s`` rebuilds a static index; ``tantivy`` adds a Rust
+wheel and its own commit/reader model), reads concurrently from many threads
+under WAL, and its ``porter`` and ``trigram`` tokenizers are exactly Cloudflare's
+``indexing_options.keyword_tokenizer`` values.  Measured numbers are in
+``docs/search-quality.md``.
+
+Layout (``<data_dir>/keyword/<instance>.sqlite``): a ``chunks`` table with the
+same ids and metadata (JSON, custom fields included) as the Chroma collection, and an external-content
+FTS5 table over ``title`` and ``text``.  Filters arrive as the Chroma ``where``
+clause :func:`indexer.metafilter.compile_filters` built, translated to SQL here,
+so both indexes apply one compiled filter identically.
+
+Writes happen in the process that owns the vector store (:class:`indexer.vectorstore.VectorStore`
+mirrors every replace/delete here); other processes only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TOKENIZERS = {
+    "porter": "porter unicode61 remove_diacritics 2",
+    "trigram": "trigram",
+}
+DEFAULT_TOKENIZER = "porter"
+MATCH_MODES = ("and", "or")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    rowid INTEGER PRIMARY KEY,
+    chunk_id TEXT NOT NULL UNIQUE,
+    item_id TEXT NOT NULL,
+    meta TEXT NOT NULL,  -- the chunk's metadata as in Chroma (JSON); filters read it
+    title TEXT,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_item ON chunks(item_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class KeywordQueryError(ValueError):
+    """A filter or option the keyword index cannot apply."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeywordHit:
+    """One chunk matched by a keyword query; ``bm25`` is positive, higher is better."""
+
+    chunk_id: str
+    text: str
+    metadata: dict[str, Any]
+    bm25: float
+
+
+def query_terms(query: str, *, tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
+    """The distinct words of a query that the tokenizer can match (trigram needs ≥ 3 characters)."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(query.lower()):
+        if tokenizer == "trigram" and len(word) < 3:
+            continue
+        seen.setdefault(word, None)
+    return list(seen)
+
+
+def match_expression(terms: Sequence[str], mode: str = "or") -> str:
+    """An FTS5 MATCH string: each term quoted (no FTS syntax from users), joined by AND/OR."""
+    if mode not in MATCH_MODES:
+        raise KeywordQueryError(f"keyword_match_mode: must be one of {', '.join(MATCH_MODES)}, got {mode!r}")
+    quoted = ['"' + t.replace('"', '""') + '"' for t in terms]
+    return f" {mode.upper()} ".join(quoted)
+
+
+def where_to_sql(where: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    """Translate a Chroma ``where`` (as compiled by :mod:`indexer.metafilter`) to SQL over ``chunks``.
+
+    Args:
+        where: ``{key: {"$op": value}}``, ``{key: value}`` or ``{"$and"|"$or": [...]}``.
+
+    Returns:
+        ``(sql, params)``; ``("1", [])`` for no restriction.
+
+    Raises:
+        KeywordQueryError: an operator or key this translation does not know.
+    """
+    if not where:
+        return "1", []
+    params: list[Any] = []
+    return _clause(where, params), params
+
+
+def _clause(where: Mapping[str, Any], params: list[Any]) -> str:
+    parts = []
+    for key, cond in where.items():
+        if key in ("$and", "$or"):
+            subs = [_clause(c, params) for c in cond]
+            parts.append("(" + f" {key[1:].upper()} ".join(subs or ["1"]) + ")")
+            continue
+        if not _KEY.match(key):
+            raise KeywordQueryError(f"filters.key: cannot filter on {key!r}")
+        col = f"json_extract(c.meta, '$.{key}')"
+        if not isinstance(cond, Mapping):
+            cond = {"$eq": cond}
+        for op, value in cond.items():
+            parts.append(_comparison(col, op, value, params))
+    return "(" + " AND ".join(parts or ["1"]) + ")"
+
+
+def _comparison(col: str, op: str, value: Any, params: list[Any]) -> str:
+    sql_ops = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+    if op in sql_ops:
+        params.append(value)
+        return f"{col} {sql_ops[op]} ?"
+    if op == "$ne":  # Chroma: a chunk without the key also matches $ne
+        params.append(value)
+        return f"({col} IS NULL OR {col} != ?)"
+    if op in ("$in", "$nin"):
+        values = list(value)
+        params.extend(values)
+        marks = ",".join("?" * len(values)) or "NULL"
+        return f"{col} IN ({marks})" if op == "$in" else f"({col} IS NULL OR {col} NOT IN ({marks}))"
+    raise KeywordQueryError(f"filters.type: unsupported operator {op!r}")
+
+
+class KeywordIndex:
+    """Per-instance FTS5 indexes under one directory.
+
+    Args:
+        root: directory holding ``<instance>.sqlite`` files.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._tokenizers: dict[str, str] = {}
+
+    # --- connections -----------------------------------------------------------
+    def path(self, instance_id: str) -> Path:
+        return self.root / f"{instance_id}.sqlite"
+
+    def _conn(self, instance_id: str, *, create: bool = False) -> sqlite3.Connection | None:
+        conns: dict[str, sqlite3.Connection] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(instance_id)
+        if conn is not None:
+            return conn
+        path = self.path(instance_id)
+        if not path.exists():
+            if not create:
+                return None
+            self.root.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        conns[instance_id] = conn
+        return conn
+
+    def _ensure_fts(self, conn: sqlite3.Connection, instance_id: str, tokenizer: str | None) -> None:
+        """Create the FTS table, or rebuild it when the instance's tokenizer changed."""
+        wanted = tokenizer or self._tokenizers.get(instance_id)
+        row = conn.execute("SELECT value FROM meta WHERE key='tokenizer'").fetchone()
+        current = row[0] if row else None
+        wanted = wanted or current or DEFAULT_TOKENIZER
+        if wanted not in TOKENIZERS:
+            raise KeywordQueryError(f"indexing_options.keyword_tokenizer: must be one of {', '.join(TOKENIZERS)}")
+        if current == wanted:
+            self._tokenizers[instance_id] = wanted
+            return
+        logger.info("keyword index %s: tokenizer %s -> %s (rebuilding)", instance_id, current, wanted)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DROP TABLE IF EXISTS fts")
+            conn.execute(
+                "CREATE VIRTUAL TABLE fts USING fts5(title, text, content='chunks', content_rowid='rowid', "
+                f"tokenize='{TOKENIZERS[wanted]}')"
+            )
+            conn.execute("INSERT INTO fts(fts) VALUES('rebuild')")
+            conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('tokenizer', ?)", (wanted,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._tokenizers[instance_id] = wanted
+
+    def tokenizer(self, instance_id: str) -> str:
+        """The tokenizer the instance's index was built with."""
+        conn = self._conn(instance_id)
+        if conn is None:
+            return DEFAULT_TOKENIZER
+        row = conn.execute("SELECT value FROM meta WHERE key='tokenizer'").fetchone()
+        return row[0] if row else DEFAULT_TOKENIZER
+
+    # --- writes (index owner only) ---------------------------------------------
+    def replace_item(
+        self,
+        instance_id: str,
+        item_id: str,
+        chunk_ids: Sequence[str],
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any]],
+        *,
+        tokenizer: str | None = None,
+    ) -> None:
+        """Replace all keyword rows of one item (same ids as the vector store)."""
+        with self._write_lock:
+            conn = self._conn(instance_id, create=True)
+            assert conn is not None
+            self._ensure_fts(conn, instance_id, tokenizer)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._delete_rows(conn, item_id)
+                for cid, text, meta in zip(chunk_ids, texts, metadatas, strict=True):
+                    cur = conn.execute(
+                        "INSERT INTO chunks(chunk_id, item_id, meta, title, text) VALUES (?,?,?,?,?)",
+                        (cid, item_id, json.dumps(dict(meta)), meta.get("title") or "", text),
+                    )
+                    conn.execute(
+                        "INSERT INTO fts(rowid, title, text) VALUES (?,?,?)",
+                        (cur.lastrowid, meta.get("title") or "", text),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def delete_item(self, instance_id: str, item_id: str) -> None:
+        """Remove an item's rows."""
+        with self._write_lock:
+            conn = self._conn(instance_id)
+            if conn is None:
+                return
+            self._ensure_fts(conn, instance_id, None)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._delete_rows(conn, item_id)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _delete_rows(conn: sqlite3.Connection, item_id: str) -> None:
+        rows = conn.execute("SELECT rowid, title, text FROM chunks WHERE item_id=?", (item_id,)).fetchall()
+        for rowid, title, text in rows:
+            conn.execute("INSERT INTO fts(fts, rowid, title, text) VALUES('delete', ?, ?, ?)", (rowid, title, text))
+        conn.execute("DELETE FROM chunks WHERE item_id=?", (item_id,))
+
+    def drop_instance(self, instance_id: str) -> None:
+        """Delete an instance's keyword file."""
+        with self._write_lock:
+            conn = self._local.__dict__.get("conns", {}).pop(instance_id, None)
+            if conn is not None:
+                conn.close()
+            self._tokenizers.pop(instance_id, None)
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path(instance_id)) + suffix).unlink(missing_ok=True)
+
+    # --- reads -----------------------------------------------------------------
+    def count(self, instance_id: str) -> int:
+        conn = self._conn(instance_id)
+        return 0 if conn is None else int(conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def query(
+        self,
+        instance_id: str,
+        query: str,
+        *,
+        n: int,
+        where: Mapping[str, Any] | None = None,
+        match_mode: str = "or",
+    ) -> list[KeywordHit]:
+        """Best ``n`` chunks by BM25 (title weighted 2x text) that pass ``where``.
+
+        Raises:
+            KeywordQueryError: bad match mode or filter.
+        """
+        conn = self._conn(instance_id)
+        if conn is None:
+            return []
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='fts'").fetchone() is None:
+            return []
+        terms = query_terms(query, tokenizer=self.tokenizer(instance_id))
+        if not terms:
+            return []
+        match = match_expression(terms, match_mode)
+        where_sql, params = where_to_sql(where)
+        sql = (
+            "SELECT c.chunk_id, c.text, c.meta, -bm25(fts, 2.0, 1.0) AS score"
+            " FROM fts JOIN chunks c ON c.rowid = fts.rowid"
+            f" WHERE fts MATCH ? AND {where_sql} ORDER BY bm25(fts, 2.0, 1.0) LIMIT ?"
+        )
+        try:
+            rows = conn.execute(sql, [match, *params, n]).fetchall()
+        except sqlite3.OperationalError as exc:  # e.g. a term FTS5 refuses
+            logger.warning("keyword query %r failed: %s", match, exc)
+            return []
+        hits = []
+        for cid, text, meta, score in rows:
+            hits.append(KeywordHit(cid, text, json.loads(meta), float(score)))
+        return hits
+
+    def score_ids(self, instance_id: str, query: str, chunk_ids: list[str]) -> dict[str, float]:
+        """BM25 of the given chunks for ``query`` (OR of its terms); chunks matching no term are left out."""
+        conn = self._conn(instance_id)
+        if conn is None or not chunk_ids:
+            return {}
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name='fts'").fetchone() is None:
+            return {}
+        terms = query_terms(query, tokenizer=self.tokenizer(instance_id))
+        if not terms:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        sql = (
+            "SELECT c.chunk_id, -bm25(fts, 2.0, 1.0) FROM fts JOIN chunks c ON c.rowid = fts.rowid"
+            f" WHERE fts MATCH ? AND c.chunk_id IN ({marks})"
+        )
+        try:
+            return {cid: float(s) for cid, s in conn.execute(sql, [match_expression(terms, "or"), *chunk_ids])}
+        except sqlite3.OperationalError as exc:
+            logger.warning("keyword scoring failed: %s", exc)
+            return {}

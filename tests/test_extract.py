@@ -1,0 +1,100 @@
+"""Extraction: title, absolute links, canonical URL, main content only, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from indexer.extract import Extracted, extract_html, extract_text_document
+
+URL = "http://example.test/docs/guide/page.html"
+ARTICLE = " ".join(
+    f"The heliostat array tracks the sun with paragraph number {i} describing mirrors, motors and calibration."
+    for i in range(8)
+)
+PAGE = f"""<!doctype html>
+<html><head>
+  <title>Heliostat Guide | Example Docs</title>
+  <link rel="canonical" href="/docs/guide/">
+  <style>.x {{ color: red }}</style>
+  <script>var trackingSnippet = 1;</script>
+</head><body>
+  <nav><ul><li><a href="/">Home</a></li><li><a href="/pricing">NavPricingLink</a></li>
+      <li><a href="/about">NavAboutLink</a></li></ul></nav>
+  <main><article>
+    <h1>Heliostat Guide</h1>
+    <p>{ARTICLE}</p>
+    <p>See <a href="setup.html">the setup page</a>, <a href="/docs/faq.html">the FAQ</a>
+       and <a href="../api/index.html?v=2#top">the API</a> for details on the heliostat array.</p>
+    <p>{ARTICLE.replace("paragraph", "section")}</p>
+  </article></main>
+  <footer><p>FooterCopyrightNotice 2026 Example Corp. All rights reserved.</p></footer>
+</body></html>"""
+
+
+@pytest.fixture(scope="module")
+def doc() -> Extracted:
+    return extract_html(PAGE.encode(), URL)
+
+
+def test_title(doc: Extracted) -> None:
+    assert "Heliostat Guide" in doc.title
+
+
+def test_links_are_absolute(doc: Extracted) -> None:
+    assert "(http://example.test/docs/guide/setup.html)" in doc.markdown
+    assert "(http://example.test/docs/faq.html)" in doc.markdown
+    assert "(http://example.test/docs/api/index.html?v=2#top)" in doc.markdown
+    assert "](/" not in doc.markdown and "](setup.html)" not in doc.markdown
+
+
+def test_canonical_is_absolute(doc: Extracted) -> None:
+    assert doc.canonical == "http://example.test/docs/guide/"
+
+
+def test_main_content_without_boilerplate(doc: Extracted) -> None:
+    assert "paragraph number 7 describing mirrors" in doc.markdown
+    assert "section number 3" in doc.markdown
+    for noise in ("NavPricingLink", "NavAboutLink", "FooterCopyrightNotice", "trackingSnippet", "color: red"):
+        assert noise not in doc.markdown
+
+
+def test_content_hash_tracks_title_and_text(doc: Extracted) -> None:
+    again = extract_html(PAGE.encode(), URL)
+    assert again.content_hash == doc.content_hash and len(doc.content_hash) == 64
+    changed = extract_html(PAGE.replace("number 7", "number 70").encode(), URL)
+    assert changed.content_hash != doc.content_hash
+    retitled = Extracted(title="Other", markdown=doc.markdown)
+    assert retitled.content_hash != doc.content_hash
+
+
+def test_declared_encoding_is_honoured() -> None:
+    html = '<html><head><meta charset="iso-8859-1"><title>Caf\xe9</title></head><body><p>Cr\xe8me br\xfbl\xe9e au caf\xe9, servie ti\xe8de.</p></body></html>'
+    doc = extract_html(html.encode("latin-1"), URL)
+    assert "Crème brûlée" in doc.markdown
+
+
+def test_utf16_with_bom_is_text_not_binary() -> None:
+    html = "<html><head><title>Wide</title></head><body><p>Sixteen-bit text about sundials.</p></body></html>"
+    doc = extract_html(html.encode("utf-16"), URL)
+    assert "sundials" in doc.markdown
+
+
+def test_page_without_main_markup_falls_back_to_text() -> None:
+    doc = extract_html(b"<html><body><div>Only a tiny line.</div><script>no()</script></body></html>", URL)
+    assert "Only a tiny line." in doc.markdown and "no()" not in doc.markdown
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"   \n  ", b"<!-- nothing but a comment -->", b"<html></html>", bytes(range(256)) * 8, b"\x00" * 100],
+    ids=["empty", "blank", "comment", "no-body", "binary", "nul"],
+)
+def test_garbage_gives_an_empty_document(garbage: bytes) -> None:
+    doc = extract_html(garbage, URL)
+    assert doc == Extracted(title="", markdown="")
+
+
+def test_plain_text_document() -> None:
+    doc = extract_text_document("Line one   \r\n\r\n\r\n\r\nLine   two\t\tend", title="Notes")
+    assert doc.title == "Notes"
+    assert doc.markdown == "Line one\n\nLine two end"

@@ -1,0 +1,99 @@
+"""Similarity cache: the seeds' threshold table, both vocabularies, 30-day expiry, invalidation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from indexer.simcache import API_NAMES, THRESHOLDS, TTL_SECONDS, SimilarityCache, jaccard, minhash, shingles, threshold_name
+
+BASE = "What’s the weather like today?"
+#: seeds' "Similarity cache" table: each threshold's example match for BASE
+EXAMPLES = {
+    "exact": "What is the weather like today?",
+    "strong": "How’s the weather today?",
+    "broad": "Tell me today’s weather",
+    "loose": "Give me the forecast",
+}
+ORDER = ["exact", "strong", "broad", "loose"]  # strictest first
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def cache(tmp_path: Path) -> SimilarityCache:
+    return SimilarityCache(tmp_path / "c.sqlite", clock=Clock())
+
+
+def fresh(_item: str) -> str | None:
+    return "h1"
+
+
+@pytest.mark.parametrize("example", ORDER)
+@pytest.mark.parametrize("threshold", ORDER)
+def test_documented_pairs_match_at_their_threshold_and_looser_only(tmp_path: Path, example: str, threshold: str) -> None:
+    cache = SimilarityCache(tmp_path / "c.sqlite")
+    cache.store("i", BASE, {"response": "sunny"}, signature="s", items={"doc": "h1"})
+    hit = cache.lookup("i", EXAMPLES[example], signature="s", threshold=threshold, current=fresh)
+    should_match = ORDER.index(threshold) >= ORDER.index(example)
+    assert (hit is not None) == should_match, (example, threshold, jaccard(shingles(BASE), shingles(EXAMPLES[example])))
+    if hit:
+        assert hit.response == {"response": "sunny"} and hit.prompt == BASE
+
+
+def test_cloudflare_names_are_accepted() -> None:
+    assert {threshold_name(k) for k in API_NAMES} == set(THRESHOLDS)
+    assert threshold_name("close_enough") == threshold_name(None) == "strong"
+    with pytest.raises(ValueError, match="cache_threshold"):
+        threshold_name("sort_of")
+
+
+def test_unrelated_prompt_misses_even_when_loose(cache: SimilarityCache) -> None:
+    cache.store("i", BASE, {"r": 1}, signature="s", items={})
+    assert cache.lookup("i", "How do I reset my router password?", signature="s", threshold="anything_goes",
+                        current=fresh) is None
+
+
+def test_entries_are_scoped_by_instance_and_options(cache: SimilarityCache) -> None:
+    cache.store("i", BASE, {"r": 1}, signature="s", items={})
+    assert cache.lookup("other", BASE, signature="s", current=fresh) is None
+    assert cache.lookup("i", BASE, signature="different-filters", current=fresh) is None
+    assert cache.lookup("i", BASE, signature="s", current=fresh) is not None
+
+
+def test_entries_expire_after_30_days(tmp_path: Path) -> None:
+    clock = Clock()
+    cache = SimilarityCache(tmp_path / "c.sqlite", clock=clock)
+    cache.store("i", BASE, {"r": 1}, signature="s", items={})
+    clock.now += TTL_SECONDS - 60
+    assert cache.lookup("i", BASE, signature="s", current=fresh) is not None
+    clock.now += 120
+    assert cache.lookup("i", BASE, signature="s", current=fresh) is None
+    assert cache.count() == 0  # dropped, not just skipped
+
+
+def test_entry_dropped_when_a_cited_chunk_changes_or_is_deleted(cache: SimilarityCache) -> None:
+    hashes: dict[str, str | None] = {"a": "h1", "b": "h2"}
+    cache.store("i", BASE, {"r": 1}, signature="s", items=dict(hashes))
+    assert cache.lookup("i", BASE, signature="s", current=hashes.get) is not None
+    hashes["b"] = "h3"  # re-indexed with new content
+    assert cache.lookup("i", BASE, signature="s", current=hashes.get) is None
+    assert cache.count() == 0
+    cache.store("i", BASE, {"r": 2}, signature="s", items=dict(hashes))
+    del hashes["a"]  # deleted
+    assert cache.lookup("i", BASE, signature="s", current=hashes.get) is None
+
+
+def test_minhash_estimates_jaccard() -> None:
+    a = shingles("the quick brown fox jumps over the lazy dog near the river bank today")
+    b = shingles("the quick brown fox jumps over the lazy cat near the river bank today")
+    est = float((minhash(a) == minhash(b)).mean())
+    assert abs(est - jaccard(a, b)) < 0.12
+    assert (minhash(a) == minhash(a)).all()
