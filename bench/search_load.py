@@ -43,15 +43,18 @@ TOKEN = "load-token"
 QUESTIONS = REPO.parent / "shared" / "eval" / "retrieval" / "conala_dev.json"
 
 
-def build(seed: Path, settings: Any, target: int) -> int:
-    """Copy the seed's chunks into ``INSTANCE`` until it holds ``target`` chunks; returns the count."""
+def build(seed: Path, settings: Any, target: int) -> Any:
+    """Copy the seed's chunks into ``INSTANCE`` until it holds ``target`` chunks; returns the store."""
     import chromadb
 
     from indexer.state import StateStore
     from indexer.vectorstore import VectorStore, collection_name
 
-    src = chromadb.PersistentClient(path=str(seed / "chroma")).get_collection(collection_name(SEED_INSTANCE))
-    got = src.get(include=["documents", "metadatas", "embeddings"])
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    src = chromadb.PersistentClient(path=str(seed / "chroma"), settings=chroma_settings)
+    got = src.get_collection(collection_name(SEED_INSTANCE)).get(include=["documents", "metadatas", "embeddings"])
     ids, docs, metas, embs = got["ids"], got["documents"], got["metadatas"], np.asarray(got["embeddings"], np.float32)
     state = StateStore(settings.resolved_database_url)
     if state.get_instance(INSTANCE) is None:
@@ -77,7 +80,7 @@ def build(seed: Path, settings: Any, target: int) -> int:
         copy += 1
         print(f"  {n} chunks", file=sys.stderr)
     del ids
-    return store.count(INSTANCE)
+    return store
 
 
 def percentiles(ms: list[float]) -> tuple[float, float]:
@@ -98,15 +101,12 @@ def run_clients(fn: Any, queries: list[str], clients: int) -> tuple[list[float],
     return ms, time.perf_counter() - t0
 
 
-def baseline(settings: Any, model_dir: Path, queries: list[str], clients: int, n: int) -> list[float]:
+def baseline(store: Any, settings: Any, model_dir: Path, queries: list[str], clients: int, n: int) -> list[float]:
     """Bare embed + Chroma query, the floor the server is compared with."""
-    import chromadb
-
     from indexer.embedder import load_embedder
-    from indexer.vectorstore import collection_name
 
     embedder = load_embedder(model_dir, settings.models_dir, threads=settings.embed_threads)
-    col = chromadb.PersistentClient(path=str(settings.chroma_dir)).get_collection(collection_name(INSTANCE))
+    col = store._collection(INSTANCE)  # bench-only: the raw Chroma collection
 
     def one(q: str) -> None:
         col.query(query_embeddings=np.asarray([embedder.embed_query(q)], np.float32), n_results=n,
@@ -158,10 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work_dir or Path(tmp)
         settings = bench_settings(work / "data", model_dir, api_token=TOKEN)
         t = time.monotonic()
-        total = build(args.seed, settings, args.chunks)
+        store = build(args.seed, settings, args.chunks)
+        total = store.count(INSTANCE)
         build_s = time.monotonic() - t
         print(f"instance holds {total} chunks (built in {build_s:.0f} s); baseline ...", file=sys.stderr)
-        base_ms = baseline(settings, model_dir, queries, args.clients, 10)
+        base_ms = baseline(store, settings, model_dir, queries, args.clients, 10)
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        del store
+        SharedSystemClient.clear_system_cache()  # let the server process own the store
         proc, url = serve(settings, model_dir)
         rows = [["bare embed + Chroma query", *percentiles(base_ms), None, None]]
         try:
