@@ -67,14 +67,27 @@ class KeywordHit:
     bm25: float
 
 
+#: English function words left out of keyword queries: BM25 gives them almost no weight, but
+#: matching them touches nearly every row (an OR query) or demands them (an AND query).
+STOPWORDS = frozenset(
+    "a an and are as at be been but by can do does for from had has have how i if in into is it its me my "
+    "of on or our so than that the their them then there these they this to was we were what when where "
+    "which who whom why will with you your".split()
+)
+
+
 def query_terms(query: str, *, tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
-    """The distinct words of a query that the tokenizer can match (trigram needs ≥ 3 characters)."""
+    """The distinct words of a query that the tokenizer can match (trigram needs ≥ 3 characters).
+
+    Stop words are dropped unless the query has nothing else.
+    """
     seen: dict[str, None] = {}
     for word in _WORD.findall(query.lower()):
         if tokenizer == "trigram" and len(word) < 3:
             continue
         seen.setdefault(word, None)
-    return list(seen)
+    content = [w for w in seen if w not in STOPWORDS]
+    return content or list(seen)
 
 
 def match_expression(terms: Sequence[str], mode: str = "or") -> str:

@@ -156,12 +156,10 @@ class VectorStore:
     ) -> list[ChunkHit]:
         """Nearest chunks to ``vector``, best first."""
         col = self._collection(instance_id)
-        total = col.count()
-        if total == 0:
-            return []
+        # chromadb 1.5 returns what it has when n_results exceeds the count (no count() round trip)
         res = col.query(
             query_embeddings=np.asarray([vector], dtype=np.float32),
-            n_results=min(n, total),
+            n_results=n,
             where=dict(where) if where else None,
             include=["documents", "metadatas", "distances"],
         )

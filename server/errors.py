@@ -77,7 +77,9 @@ def error_response(status: int, message: str, *, code: int | None = None, header
 
 
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # loc[0] says where the value came from (body, query, path, header); the rest names the field
+    rest = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    parts = [str(p) for p in rest]
     out = ""
     for p in parts:
         if p.isdigit():

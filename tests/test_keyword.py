@@ -59,7 +59,8 @@ def test_identifiers_and_match_modes(store: VectorStore) -> None:
 
 
 def test_user_text_cannot_inject_fts_syntax(store: VectorStore) -> None:
-    assert match_expression(query_terms('battery" OR NEAR(x'), "or") == '"battery" OR "or" OR "near" OR "x"'
+    assert match_expression(query_terms('battery" OR NEAR(x'), "or") == '"battery" OR "near" OR "x"'
+    assert query_terms("to be or to be") == ["to", "be", "or"]  # only stop words: keep them
     assert store.keywords.query("t", 'battery" OR *', n=5)  # no sqlite error, still matches
     assert store.keywords.query("t", "   ...   ", n=5) == []
 

@@ -353,7 +353,7 @@ def list_items(
     state: StateDep,
     instance_id: str,
     status: Annotated[str | None, Query(pattern="^(queued|fetched|indexed|error|skipped|deleted)$")] = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     """Items of an instance by key; ``status=queued`` includes items waiting to be embedded."""

@@ -84,7 +84,7 @@ def list_jobs(
     __: ReadDep,
     state: StateDep,
     instance_id: str,
-    page: int = Query(default=1, ge=1),
+    page: int = Query(default=1, ge=1, le=1_000_000),
     per_page: int = Query(default=20, ge=1, le=100),
 ) -> dict[str, Any]:
     load_instance(state, instance_id)
@@ -112,7 +112,7 @@ def job_logs(
     state: StateDep,
     instance_id: str,
     job_id: str,
-    page: int = Query(default=1, ge=1),
+    page: int = Query(default=1, ge=1, le=1_000_000),
     per_page: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     _job(state, instance_id, job_id)
