@@ -60,14 +60,16 @@ KS = (1, 5, 10)
 
 MODES: dict[str, dict[str, Any]] = {
     "vector": {"retrieval": {"retrieval_type": "vector"}},
-    "keyword": {"retrieval": {"retrieval_type": "keyword"}},
-    "hybrid (rrf)": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "rrf"}},
-    "hybrid + rerank": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "rrf"}, "reranking": {"enabled": True}},
-    "hybrid (max)": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "max"}},
-    "vector + rerank": {"retrieval": {"retrieval_type": "vector"}, "reranking": {"enabled": True}},
+    "keyword (or)": {"retrieval": {"retrieval_type": "keyword", "keyword_match_mode": "or"}},
     "keyword (and)": {"retrieval": {"retrieval_type": "keyword", "keyword_match_mode": "and"}},
+    "hybrid (rrf, or)": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "rrf", "keyword_match_mode": "or"}},
+    "hybrid (rrf, or) + rerank": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "rrf",
+                                                "keyword_match_mode": "or"}, "reranking": {"enabled": True}},
+    "hybrid (max, or)": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "max", "keyword_match_mode": "or"}},
+    "hybrid (rrf, and)": {"retrieval": {"retrieval_type": "hybrid", "fusion_method": "rrf", "keyword_match_mode": "and"}},
+    "vector + rerank": {"retrieval": {"retrieval_type": "vector"}, "reranking": {"enabled": True}},
 }
-TRIGRAM_MODES = ("keyword", "hybrid (rrf)", "hybrid + rerank")
+TRIGRAM_MODES = ("keyword (or)", "hybrid (rrf, or)", "hybrid (rrf, or) + rerank")
 
 
 def ensure_docs() -> None:

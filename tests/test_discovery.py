@@ -170,13 +170,15 @@ def test_canonical_and_redirects_collapse_duplicates(server: RouteServer, tmp_pa
         {
             "/robots.txt": text("User-agent: *\nAllow: /\n"),
             "/sitemap.xml": urlset(
-                server.url, ["/article.html", "/article.html?utm=1", "/print/article.html", "/old.html", "/away.html"]
+                server.url,
+                ["/article.html", "/article.html?utm=1", "/print/article.html", "/old.html", "/away.html", "/moved.html"],
             ),
             "/article.html": page("Article", head=canon),
             "/print/article.html": page("Article (print)", head=canon),
             "/old.html": redirect("/new.html"),
             "/new.html": page("New"),
             "/away.html": redirect("http://localhost:1/elsewhere"),
+            "/moved.html": redirect("/article.html"),  # onto a URL fetched anyway
         }
     )
     server.routes["/article.html"] = page("Article", head=canon)
@@ -190,8 +192,12 @@ def test_canonical_and_redirects_collapse_duplicates(server: RouteServer, tmp_pa
     )
     assert result.items[base + "/old.html"]["status"] == "skipped"
     assert result.items[base + "/new.html"]["status"] == "fetched"
+    assert result.items[base + "/moved.html"]["status"] == "skipped"
+    assert server.paths().count("/article.html") == 1
     assert "/elsewhere" not in server.paths()
-    assert result.items[base + "/away.html"]["status"] != "fetched"
+    away = result.items[base + "/away.html"]
+    assert away["status"] == "skipped" and "redirected off the site" in away["error"]
+    assert "Skipped: redirected off 127.0.0.1 to http://localhost:1/elsewhere" in result.log_text()
 
 
 @pytest.mark.slow

@@ -112,6 +112,8 @@ class SiteSpider(scrapy.Spider):
             apply_rendering_settings(crawler.settings, concurrency=spider.settings_obj.concurrent_requests_per_host)
             spider.renderer.pages_per_context = max(1, crawler.settings.getint("RENDER_CONTEXT_PAGES", 200))
         crawler.signals.connect(spider._on_idle, signal=signals.spider_idle)
+        crawler.signals.connect(spider._on_dropped, signal=signals.request_dropped)
+        crawler.signals.connect(spider._on_scheduled, signal=signals.request_scheduled)
         crawler.signals.connect(spider._on_closed, signal=signals.spider_closed)
         return spider
 
@@ -531,6 +533,32 @@ class SiteSpider(scrapy.Spider):
                 self.log_job("Skipped: external link (only this site's host is crawled)", url=url)
         self._flush_discovered()
         self.frontier_exhausted = False
+
+    def _on_scheduled(self, request: Request, spider: scrapy.Spider) -> None:
+        """A page redirect leaving the site is not followed (Scrapy's offsite filter drops it silently)."""
+        if request.meta.get("item_id") is None or not request.meta.get("redirect_urls"):
+            return
+        if not (self._on_host(request.url) or self.scope.contains(request.url)):
+            self._redirect_not_followed(request, off_site=True)
+
+    def _on_dropped(self, request: Request, spider: scrapy.Spider) -> None:
+        """A page redirect to a URL already requested in this sync (dropped by the duplicate filter)."""
+        if request.meta.get("item_id") is not None and request.meta.get("redirect_urls"):
+            self._redirect_not_followed(request, off_site=False)
+
+    def _redirect_not_followed(self, request: Request, *, off_site: bool) -> None:
+        item_id = request.meta["item_id"]
+        requested = request.meta["redirect_urls"][0]
+        self.in_flight -= 1
+        if off_site:
+            reason = f"Skipped: redirected off {self.instance.host} to {request.url}"
+            self.state.update_item(item_id, status="skipped", error=f"redirected off the site to {request.url}")
+        else:
+            reason = f"Skipped: redirects to {request.url}, already requested in this sync"
+            self.state.update_item(item_id, status="skipped", error=f"duplicate of {request.url}", pending_job=None)
+        self.log_job(reason, url=requested)
+        self.state.incr_job(self.job_id, skipped=1)
+        self._top_up()
 
     def _collapse_to_key(self, response: Response, item_id: str) -> str | None:
         """The item a fetched page is stored under: its canonical URL, else its URL after redirects.
