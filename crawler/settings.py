@@ -53,7 +53,7 @@ LOGSTATS_INTERVAL = 30.0  # seconds
 DOWNLOADER = "crawler.downloader.PoliteDownloader"
 
 # --- browser rendering (only for instances with use_browser_rendering; see crawler/rendering.py) ---
-RENDER_CONTEXT_PAGES = getattr(_s, "render_context_pages", 200)  # pages per browser context before it is recycled
+RENDER_CONTEXT_PAGES = _s.render_context_pages  # pages per browser context before it is recycled
 
 # --- our components ------------------------------------------------------------------------
 EXTENSIONS = {"crawler.indexing.IndexingExtension": 500}

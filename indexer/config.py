@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     max_page_bytes: int = 4 * 1024 * 1024  # pages over this are skipped (bytes)
     max_pages_per_instance: int = 1_000_000
     frontier_batch: int = 500  # URLs moved from the on-disk frontier to Scrapy at a time
+    render_context_pages: int = 200  # rendered crawls: pages per browser context before it is recycled
 
     # --- jobs ------------------------------------------------------------------
     index_poll_interval: float = 0.5  # seconds between looks at the pending-index queue
@@ -142,7 +143,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.embed_threads:
         env["SITESEARCH_EMBED_THREADS"] = str(settings.embed_threads)
     for name in ("concurrent_requests", "concurrent_requests_per_host", "download_delay", "max_page_bytes",
-                 "max_pages_per_instance", "frontier_batch"):
+                 "max_pages_per_instance", "frontier_batch", "render_context_pages"):
         env[f"SITESEARCH_{name.upper()}"] = str(getattr(settings, name))
     env["SITESEARCH_AUTOTHROTTLE"] = "1" if settings.autothrottle else "0"
     return env

@@ -86,7 +86,6 @@ items = Table(
     Column("delete_reason", Text),  # set with status fetched: the index owner removes the item
     UniqueConstraint("instance_id", "key", name="uq_items_instance_key"),
 )
-Index("ix_items_frontier", items.c.instance_id, items.c.seen_job, items.c.priority, items.c.seq)
 Index("ix_items_frontier_order", items.c.instance_id, items.c.seen_job, items.c.priority.desc(), items.c.seq)  # no sort per batch
 Index("ix_items_pending", items.c.status, items.c.pending_job)
 Index("ix_items_content_hash", items.c.instance_id, items.c.content_hash)  # duplicate-content lookups
@@ -439,13 +438,20 @@ class StateStore:
         self, instance_id: str, job_id: str, *, after: tuple[float, int] | None, limit: int
     ) -> list[dict[str, Any]]:
         """Next URLs of this job's frontier in ``priority DESC, seq ASC`` order (keyset pagination)."""
-        q = select(items).where(items.c.instance_id == instance_id, items.c.seen_job == job_id)
-        if after is not None:
-            prio, seq = after
-            q = q.where((items.c.priority < prio) | ((items.c.priority == prio) & (items.c.seq > seq)))
-        q = q.order_by(items.c.priority.desc(), items.c.seq.asc()).limit(limit)
+        base = select(items).where(items.c.instance_id == instance_id, items.c.seen_job == job_id)
+        order = (items.c.priority.desc(), items.c.seq.asc())
         with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(q)]
+            if after is None:
+                return [dict(r._mapping) for r in c.execute(base.order_by(*order).limit(limit))]
+            # Two index range scans instead of one OR condition, which would re-read the
+            # consumed part of the current priority group on every batch.
+            prio, seq = after
+            same = base.where(items.c.priority == prio, items.c.seq > seq).order_by(items.c.seq.asc()).limit(limit)
+            rows = [dict(r._mapping) for r in c.execute(same)]
+            if len(rows) < limit:
+                lower = base.where(items.c.priority < prio).order_by(*order).limit(limit - len(rows))
+                rows.extend(dict(r._mapping) for r in c.execute(lower))
+            return rows
 
     # --- items: per-item state ---------------------------------------------------------
     def get_item(self, instance_id: str, item_id: str) -> dict[str, Any] | None:

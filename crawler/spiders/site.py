@@ -50,7 +50,7 @@ ROBOTS_PRIORITY = 1_000_000
 SITEMAP_PRIORITY = 900_000
 ERROR_STATUSES = list(range(400, 600))
 PAGE_STATUSES = [304, *ERROR_STATUSES]
-DISCOVERY_FLUSH = 1000  # discovered URLs written to the frontier per transaction
+DISCOVERY_FLUSH = 5000  # discovered URLs written to the frontier per transaction
 
 
 class SiteSpider(scrapy.Spider):
