@@ -44,7 +44,9 @@ class PoliteDownloader(Downloader):
         if floor and slot.delay < floor:
             slot.delay = floor
         now = monotonic()
-        delay = slot.download_delay()
+        delay = slot.download_delay()  # includes Scrapy's random jitter ...
+        if floor:
+            delay = max(delay, floor)  # ... which must never undercut Crawl-delay
         if delay:
             penalty = delay - now + slot.lastseen
             if penalty > 0:

@@ -24,8 +24,7 @@ ROBOTSTXT_OBEY = False
 CONCURRENT_REQUESTS = _s.concurrent_requests
 CONCURRENT_REQUESTS_PER_DOMAIN = _s.concurrent_requests_per_host
 DOWNLOAD_DELAY = _s.download_delay  # seconds; robots.txt Crawl-delay overrides per host
-# Scrapy would wait 0.5-1.5x the delay at random; Crawl-delay is a minimum, so wait exactly the delay.
-RANDOMIZE_DOWNLOAD_DELAY = False
+DOWNLOAD_DELAY_JITTER = 0.5  # ±50% random variation; crawler/downloader.py keeps Crawl-delay a hard minimum
 AUTOTHROTTLE_ENABLED = _s.autothrottle
 AUTOTHROTTLE_START_DELAY = 0.0  # seconds
 AUTOTHROTTLE_TARGET_CONCURRENCY = float(_s.concurrent_requests_per_host)
