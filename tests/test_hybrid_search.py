@@ -130,3 +130,55 @@ def test_deleted_items_leave_both_indexes(client: TestClient) -> None:
     for rtype in ("keyword", "hybrid"):
         data = search(client, "QX-7731", **opts(retrieval_type=rtype))
         assert all(not d["filename"].endswith("errors.html") for d in data)
+
+
+def test_reranking_per_instance_and_request_override(client: TestClient) -> None:
+    r = client.post(f"{ACCOUNT}/instances", json={"id": "rr", "type": "r2", "reranking": True,
+                                                  "reranking_model": "sitesearch/hybrid-features"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    service = client.app.state.service
+    folder, title, chunks = PAGES["regex"]
+    metas = [{"item_id": "regex", "filename": f"https://{folder}regex.html", "folder": folder, "timestamp": 0,
+              "title": title, "chunk": i} for i in range(len(chunks))]
+    service.vectors.replace_item("rr", "regex", chunks, service.embedder.embed([f"{title}\n\n{t}" for t in chunks]), metas)
+    q = "regular expressions replace every match"
+    reranked = {d["content"][0]["id"]: d["score"] for d in search(client, q, "rr")}
+    plain = {d["content"][0]["id"]: d["score"] for d in search(client, q, "rr", reranking={"enabled": False})}
+    assert reranked.keys() == plain.keys() and reranked != plain  # reranker scores, not cosine
+    assert all(0.0 <= s <= 1.0 for s in reranked.values())
+
+
+def test_onnx_cross_encoder_directory_is_loaded_and_fed(model_dir: Path, tmp_path: Path) -> None:
+    """Plumbing only (no cross-encoder weights exist offline): a tiny graph whose logit is the
+    number of passage tokens, with the real MiniLM tokenizer, ranks longer passages first."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from indexer.rerank import DEFAULT_RERANK_MODEL, FeatureReranker, OnnxCrossEncoder, get_reranker
+    from indexer.search import Candidate
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "t"])
+           for n in ("input_ids", "attention_mask", "token_type_ids")]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 1])
+    nodes = [
+        helper.make_node("Mul", ["attention_mask", "token_type_ids"], ["m"]),
+        helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["mf", "axes"], ["logits"], keepdims=1),
+    ]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(nodes, "toy-cross-encoder", ins, [out], initializer=[axes])
+    d = tmp_path / "toy"
+    d.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(d / "model.onnx"))
+    shutil.copy(model_dir / "tokenizer.json", d / "tokenizer.json")
+
+    enc = get_reranker("@cf/baai/bge-reranker-base", bm25=lambda q, ids: {}, model_dir=d)
+    assert isinstance(enc, OnnxCrossEncoder)
+    assert isinstance(get_reranker(DEFAULT_RERANK_MODEL, bm25=lambda q, ids: {}, model_dir=d), FeatureReranker)
+    assert isinstance(get_reranker("@cf/baai/bge-reranker-base", bm25=lambda q, ids: {}), FeatureReranker)
+    cands = [Candidate("a", "short", {}), Candidate("b", "a much longer passage with many more tokens in it", {})]
+    ranked = enc.rerank("query", cands)
+    assert [c.chunk_id for c in ranked] == ["b", "a"]
+    assert all(0.5 < c.fused < 1.0 for c in ranked)
