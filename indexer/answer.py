@@ -101,6 +101,7 @@ class Hit(Protocol):
     title: str
     text: str
     score: float
+    context: str | None  # the item's `context` metadata, passed to the model
 
 
 # --- extractive -----------------------------------------------------------------------------
@@ -183,7 +184,8 @@ def context_message(query: str, hits: Sequence[Hit]) -> str:
     """The user message: numbered sources (file name + content), then the question."""
     docs = []
     for i, h in enumerate(hits[:MAX_SOURCES]):
-        docs.append(f"[{i + 1}] File name: {h.filename}\nTitle: {h.title}\nFile content:\n{h.text}")
+        context = f"Context: {h.context}\n" if h.context else ""
+        docs.append(f"[{i + 1}] File name: {h.filename}\nTitle: {h.title}\n{context}File content:\n{h.text}")
     return (
         "Matched documents:\n\n" + "\n\n".join(docs)
         + f"\n\nCite the documents you use as [n].\n\nUser's question: {query}"

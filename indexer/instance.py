@@ -134,7 +134,7 @@ class BoostBy(_Model):
 
 
 class RetrievalOptionsConfig(_Model):
-    keyword_match_mode: Literal["and", "or"] = "and"
+    keyword_match_mode: Literal["and", "or"] = "or"  # "or" won the retrieval benchmark (docs/search-quality.md)
     boost_by: list[BoostBy] = Field(default_factory=list, max_length=5)
 
 

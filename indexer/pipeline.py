@@ -8,6 +8,7 @@ have their chunks removed and are marked ``deleted``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -101,18 +102,25 @@ class Indexer:
         doc = self._extract(page.body, page.content_type, page.url)
         if doc is None:
             return IndexOutcome("skipped", message=f"Skipped: unsupported content type {page.content_type!r}")
-        if doc.content_hash == item.get("content_hash") and item.get("status") in ("fetched", "indexed"):
+        config = self._instance_config(instance_id)
+        # the model's max input counts [CLS] and [SEP]; count_tokens does not
+        chunk_size = min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2)
+        overlap = int(config.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP))
+        # The stored hash covers the text and how it was chunked and embedded, so changing
+        # chunk_size, chunk_overlap or the model re-indexes a page even if its text is the same.
+        fingerprint = hashlib.sha256(
+            f"{doc.content_hash}|{chunk_size}|{overlap}|{self.embedder.name}".encode()
+        ).hexdigest()
+        if fingerprint == item.get("content_hash") and item.get("status") in ("fetched", "indexed"):
             if item.get("chunks", 0) > 0 or not doc.markdown:
                 return IndexOutcome("unchanged", chunks=item.get("chunks", 0))
-        duplicate = self.state.find_indexed_duplicate(instance_id, doc.content_hash, exclude_id=item["id"])
+        duplicate = self.state.find_indexed_duplicate(instance_id, fingerprint, exclude_id=item["id"])
         if duplicate is not None:  # exact-duplicate content is indexed once, under the first URL
             return IndexOutcome("skipped", message=f"Skipped: same content as {duplicate['key']} (indexed once)")
-        config = self._instance_config(instance_id)
         chunks = chunk_text(
             doc.markdown,
-            # the model's max input counts [CLS] and [SEP]; count_tokens does not
-            chunk_size=min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2),
-            overlap_pct=int(config.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP)),
+            chunk_size=chunk_size,
+            overlap_pct=overlap,
             count_tokens=self.embedder.count_tokens,
             token_offsets=self.embedder.tokenize_offsets,
         )
@@ -131,7 +139,7 @@ class Indexer:
         metadatas = [{**meta, "chunk": i} for i in range(len(chunks))]
         tokenizer = (config.get("indexing_options") or {}).get("keyword_tokenizer")
         self.vectors.replace_item(instance_id, item["id"], chunks, vectors, metadatas, keyword_tokenizer=tokenizer)
-        self.state.update_item(item["id"], content_hash=doc.content_hash, title=doc.title, folder=meta["folder"])
+        self.state.update_item(item["id"], content_hash=fingerprint, title=doc.title, folder=meta["folder"])
         return IndexOutcome("indexed", chunks=len(chunks))
 
     def _extract(self, body: bytes, content_type: str, url: str) -> Extracted | None:

@@ -218,3 +218,16 @@ def test_similarity_cache_header_hit_and_miss(client: TestClient) -> None:
     bad = client.post(f"{ACCOUNT}/instances/plain/ai-search",
                       json={**q, "ai_search_options": {"cache": {"cache_threshold": "sort_of"}}}, headers=AUTH)
     assert bad.status_code == 400 and "cache_threshold" in bad.text
+
+
+def test_context_metadata_is_passed_to_generation() -> None:
+    from indexer.answer import context_message
+    from indexer.search import SearchHit
+
+    hit = SearchHit(
+        item_id="i", chunk_id="i:0", filename="customer-a/contract.pdf", folder="customer-a/", timestamp=0,
+        title="Contract", text="The fee is 40 EUR.", score=0.8, context="Signed by ACME in 2025; supersedes v1.",
+    )
+    message = context_message("What is the fee?", [hit])
+    assert "Context: Signed by ACME in 2025; supersedes v1." in message
+    assert "The fee is 40 EUR." in message

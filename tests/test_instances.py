@@ -62,7 +62,7 @@ def test_every_configuration_option_has_its_default(client: TestClient) -> None:
         "index_method": {"vector": True, "keyword": False},
         "fusion_method": "rrf",
         "indexing_options": {"keyword_tokenizer": "porter"},
-        "retrieval_options": {"keyword_match_mode": "and", "boost_by": []},
+        "retrieval_options": {"keyword_match_mode": "or", "boost_by": []},
         "custom_metadata": [],
         "sync_interval": 21600,
         "paused": False,

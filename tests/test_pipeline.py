@@ -182,3 +182,14 @@ def test_plain_text_and_process_pending(env: Env) -> None:
     assert env.indexer.process_pending(limit=10) == 0
     stats = env.state.item_stats(INSTANCE)
     assert stats["indexed"] == 2 and stats["chunks"] == env.vectors.count(INSTANCE) > 2
+
+
+def test_new_chunk_settings_re_index_unchanged_text(env: Env) -> None:
+    url = "http://example.test/docs/orchard.html"
+    item = env.fetched(url, html_page("Orchard Manual", LONG))
+    small = env.indexer.index_item(item).chunks
+    env.state.update_instance_config(INSTANCE, {"chunk_size": 256, "chunk_overlap": 0})
+    outcome = env.indexer.index_item(env.fetched(url, html_page("Orchard Manual", LONG)))
+    assert outcome.status == "indexed", "same text, new chunk_size: must be re-chunked"
+    assert 0 < outcome.chunks < small
+    assert len(env.chunks(item["id"])) == outcome.chunks

@@ -11,6 +11,7 @@ from indexer.instance import InstanceConfig, normalize_source
 from server.auth import EditDep, ReadDep
 from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, load_instance
 from server.errors import APIError, envelope, validation_message
+from server.routes.search import similarity_cache
 from server.schemas import instance_public
 
 router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances", tags=["instances"])
@@ -86,6 +87,7 @@ def delete_instance(_: AccountDep, __: EditDep, state: StateDep, service: Servic
         raise APIError(409, "a sync job is running for this instance; cancel it first")
     service.vectors.drop_instance(instance_id)
     service.raw.drop_instance(instance_id)
+    similarity_cache(service).drop_instance(instance_id)
     state.delete_instance(instance_id)
     return envelope({"id": instance_id})
 
