@@ -33,7 +33,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     literal,
+    text,
     select,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -185,6 +187,35 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def upgrade_schema(engine: Engine) -> list[str]:
+    """Bring a database made by an older version up to date, keeping its data.
+
+    Additive only: columns added since (always nullable or with a default) are
+    created with ``ALTER TABLE ... ADD COLUMN``, and missing indexes are built.
+    Returns the DDL statements it ran.
+    """
+    ran: list[str] = []
+    inspector = inspect(engine)
+    with engine.begin() as c:
+        for table in metadata.sorted_tables:
+            existing = {col["name"] for col in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in existing:
+                    continue
+                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+                default = column.default.arg if column.default is not None and column.default.is_scalar else None
+                if default is not None:
+                    ddl += f" DEFAULT {int(default) if isinstance(default, bool) else repr(default)}"
+                c.execute(text(ddl))
+                ran.append(ddl)
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)
+    if ran:
+        logger.info("state database upgraded: %s", "; ".join(ran))
+    return ran
+
+
 def _row(r: Any) -> dict[str, Any] | None:
     return dict(r._mapping) if r is not None else None
 
@@ -200,6 +231,7 @@ class StateStore:
         self.url = url
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        upgrade_schema(self.engine)
         self._sqlite = url.startswith("sqlite")
 
     def close(self) -> None:

@@ -165,3 +165,25 @@ def test_delete_instance_removes_its_rows(state: StateStore) -> None:
     assert state.get_job(job) is None
     assert state.job_logs(job) == ([], 0)
     assert state.list_items(INSTANCE) == ([], 0)
+
+
+def test_older_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    # the jobs table as the first release created it: no `target` column
+    con.execute(
+        "CREATE TABLE jobs (id VARCHAR(36) PRIMARY KEY, instance_id VARCHAR(64) NOT NULL, source VARCHAR(16) NOT NULL,"
+        " status VARCHAR(16) NOT NULL, created_at FLOAT NOT NULL, started_at FLOAT, ended_at FLOAT, end_reason TEXT,"
+        " crawl_done BOOLEAN NOT NULL, pid INTEGER, discovered INTEGER NOT NULL, skipped_by_rule INTEGER NOT NULL,"
+        " skipped INTEGER NOT NULL, not_modified INTEGER NOT NULL, fetched INTEGER NOT NULL, unchanged INTEGER NOT NULL,"
+        " indexed INTEGER NOT NULL, deleted INTEGER NOT NULL, errors INTEGER NOT NULL)"
+    )
+    con.execute("INSERT INTO jobs VALUES ('j1','site','manual','completed',1.0,1.0,2.0,NULL,1,NULL,5,0,0,0,5,0,5,0,0)")
+    con.commit()
+    con.close()
+    state = StateStore(f"sqlite:///{db}")
+    job = state.get_job("j1")
+    assert job is not None and job["indexed"] == 5 and job["target"] is None
+    assert state.list_jobs("site")[0]["id"] == "j1"
