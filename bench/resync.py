@@ -42,7 +42,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from indexer.config import Settings  # noqa: E402
 from server.app import create_app  # noqa: E402
-from server.devsite import DevSite  # noqa: E402
+from server.devsite import DevSite, write_sitemap_site  # noqa: E402
 
 ACCOUNT = "/client/v4/accounts/local/ai-search"
 TOKEN = "bench-admin-token"
@@ -95,15 +95,7 @@ class GeneratedSite:
         self.write(name)
 
     def write_sitemap(self, base: str) -> None:
-        rows = []
-        for name, e in self.entries.items():
-            extra = "".join(f"<{k}>{v}</{k}>" for k, v in e.items() if v)
-            rows.append(f"<url><loc>{base}/{name}.html</loc>{extra}</url>")
-        (self.root / "sitemap.xml").write_text(
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n' + "\n".join(rows) + "\n</urlset>\n"
-        )
-        (self.root / "robots.txt").write_text(f"User-agent: *\nAllow: /\nSitemap: {base}/sitemap.xml\n")
+        write_sitemap_site(self.root, base, self.entries)
 
 
 def run_sync(client: TestClient, dev: DevSite, state: Any, *, later: float = 0.0) -> dict[str, Any]:

@@ -20,6 +20,25 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 
+def write_sitemap_site(root: Path, base: str, entries: dict[str, dict[str, str | None]]) -> None:
+    """Write ``sitemap.xml`` (``<loc>{base}/{name}.html</loc>`` plus the given tags) and a robots.txt naming it.
+
+    Args:
+        root: the site directory.
+        base: the site's URL (``http://127.0.0.1:PORT``).
+        entries: page name → sitemap tags (``lastmod``, ``changefreq``, ``priority``); empty tags are left out.
+    """
+    rows = []
+    for name, tags in entries.items():
+        extra = "".join(f"<{k}>{v}</{k}>" for k, v in tags.items() if v)
+        rows.append(f"<url><loc>{base}/{name}.html</loc>{extra}</url>")
+    (root / "sitemap.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n' + "\n".join(rows) + "\n</urlset>\n"
+    )
+    (root / "robots.txt").write_text(f"User-agent: *\nAllow: /\nSitemap: {base}/sitemap.xml\n")
+
+
 @dataclass
 class LoggedRequest:
     method: str

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.devsite import DevSite
+from server.devsite import DevSite, write_sitemap_site
 from tests.conftest import API_TOKEN, make_settings, wait_until
 
 pytestmark = pytest.mark.slow
@@ -67,15 +67,7 @@ class Site:
         (self.root / f"{name}.html").write_text(html)
 
     def write_sitemap(self, base: str) -> None:
-        rows = []
-        for name, e in self.entries.items():
-            extra = "".join(f"<{k}>{v}</{k}>" for k, v in e.items() if v)
-            rows.append(f"<url><loc>{base}/{name}.html</loc>{extra}</url>")
-        (self.root / "sitemap.xml").write_text(
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{"".join(rows)}</urlset>'
-        )
-        (self.root / "robots.txt").write_text(f"User-agent: *\nAllow: /\nSitemap: {base}/sitemap.xml\n")
+        write_sitemap_site(self.root, base, self.entries)
 
 
 @pytest.fixture(scope="module")
