@@ -116,6 +116,15 @@ def tenant_may_edit(path: str) -> bool:
     return len(parts) > 8 and parts[5] == "ai-search" and parts[6] == "instances" and parts[8] == "items"
 
 
+def require_unrestricted_read(request: Request) -> Principal:
+    """Dependency: Read, from a token not restricted to a folder (job logs list every crawled URL)."""
+    principal = require(READ)(request)
+    if principal.folder_prefix:
+        raise APIError(403, "a folder-restricted token cannot read sync jobs: their logs cover every folder")
+    return principal
+
+
 ReadDep = Annotated[Principal, Depends(require(READ))]
+JobReadDep = Annotated[Principal, Depends(require_unrestricted_read)]
 EditDep = Annotated[Principal, Depends(require(EDIT))]
 RunDep = Annotated[Principal, Depends(require(RUN))]

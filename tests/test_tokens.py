@@ -157,3 +157,10 @@ def test_tenant_edit_token_cannot_change_instances(client: TestClient) -> None:
     assert client.post(f"{ACCOUNT}/instances/docs/items/{item_id}/sync", headers=tenant).status_code == 200
     assert client.delete(f"{ACCOUNT}/instances/docs/items/{item_id}", headers=tenant).status_code == 200
     assert client.get(f"{ACCOUNT}/instances/docs", headers=tenant).status_code == 200
+
+
+def test_tenant_read_token_cannot_read_sync_jobs(client: TestClient) -> None:
+    tenant = bearer(mint(client, READ, folder_prefix="tenant-q/"))
+    r = client.get(f"{ACCOUNT}/instances/docs/jobs", headers=tenant)
+    assert r.status_code == 403 and "folder-restricted" in r.json()["errors"][0]["message"]
+    assert client.get(f"{ACCOUNT}/instances/docs/jobs", headers=AUTH).status_code == 200

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Query
 
-from server.auth import EditDep, ReadDep
+from server.auth import EditDep, JobReadDep
 from server.deps import AccountDep, RunnerDep, StateDep, load_instance
 from server.errors import APIError, envelope
 from server.schemas import iso, job_public
@@ -81,7 +81,7 @@ def sync_item(
 @router.get("")
 def list_jobs(
     _: AccountDep,
-    __: ReadDep,
+    __: JobReadDep,
     state: StateDep,
     instance_id: str,
     page: int = Query(default=1, ge=1, le=1_000_000),
@@ -101,14 +101,14 @@ def _job(state: Any, instance_id: str, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}")
-def get_job(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str, job_id: str) -> dict[str, Any]:
+def get_job(_: AccountDep, __: JobReadDep, state: StateDep, instance_id: str, job_id: str) -> dict[str, Any]:
     return envelope(job_public(_job(state, instance_id, job_id)))
 
 
 @router.get("/{job_id}/logs")
 def job_logs(
     _: AccountDep,
-    __: ReadDep,
+    __: JobReadDep,
     state: StateDep,
     instance_id: str,
     job_id: str,
