@@ -139,6 +139,10 @@ class Indexer:
         metadatas = [{**meta, "chunk": i} for i in range(len(chunks))]
         tokenizer = (config.get("indexing_options") or {}).get("keyword_tokenizer")
         self.vectors.replace_item(instance_id, item["id"], chunks, vectors, metadatas, keyword_tokenizer=tokenizer)
+        current = self.state.get_item_by_id(item["id"])
+        if current is None or current["status"] == "deleted":  # deleted while we were embedding it
+            self.vectors.delete_item(instance_id, item["id"])
+            return IndexOutcome("deleted", message="deleted while it was being indexed")
         self.state.update_item(item["id"], content_hash=fingerprint, title=doc.title, folder=meta["folder"])
         return IndexOutcome("indexed", chunks=len(chunks))
 
