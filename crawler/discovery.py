@@ -58,9 +58,19 @@ class Scope:
             return False
         if parts.scheme not in ("http", "https") or not hostname:
             return False
-        if hostname == self.host:
+        if same_site_host(hostname, self.host):
             return True
         return self.include_subdomains and hostname.endswith("." + self.host)
+
+
+def same_site_host(hostname: str, site_host: str) -> bool:
+    """True if ``hostname`` is the site's host, counting ``www.`` and the bare domain as one site.
+
+    Many sites answer on ``example.com`` and list ``https://www.example.com/...`` in their
+    sitemaps (or the reverse); an instance created for either form crawls both.
+    """
+    hostname, site_host = hostname.lower(), site_host.lower()
+    return hostname == site_host or hostname.removeprefix("www.") == site_host.removeprefix("www.")
 
 
 def normalize_link(href: str, base_url: str) -> str | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler.discovery import Scope, canonical_url, extract_links, normalize_link
+from crawler.discovery import Scope, canonical_url, extract_links, normalize_link, same_site_host
 from indexer.instance import InstanceConfig
 from tests.test_crawler_robots_fetch import RouteServer, crawl, page, redirect, server, text, urlset  # noqa: F401
 
@@ -219,3 +219,20 @@ def test_exact_duplicate_content_is_indexed_once(server: RouteServer, tmp_path: 
     assert items["two.html"]["status"] == "skipped"
     assert "same content as" in (items["two.html"]["error"] or "")
     assert result.job["indexed"] == 2
+
+
+@pytest.mark.parametrize(
+    ("hostname", "site", "same"),
+    [
+        ("example.com", "example.com", True),
+        ("www.example.com", "example.com", True),
+        ("example.com", "www.example.com", True),
+        ("WWW.Example.com", "example.com", True),
+        ("blog.example.com", "example.com", False),
+        ("www.example.org", "example.com", False),
+        ("wwwexample.com", "example.com", False),
+    ],
+)
+def test_www_and_bare_domain_are_one_site(hostname: str, site: str, same: bool) -> None:
+    assert same_site_host(hostname, site) is same
+    assert Scope(site).contains(f"https://{hostname}/page") is same

@@ -33,7 +33,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.http import Request, Response
 from twisted.python.failure import Failure
 
-from crawler.discovery import Scope, extract_links
+from crawler.discovery import Scope, extract_links, same_site_host
 from crawler.rendering import ContextRecycler, apply_rendering_settings
 from crawler.freshness import decide
 from crawler.robots import RobotsTxt, robots_policy_for_status
@@ -79,7 +79,8 @@ class SiteSpider(scrapy.Spider):
             job = created["id"]
         self.job_id = job
         self.state.update_job(self.job_id, status="running", started_at=time.time(), pid=os.getpid())
-        self.allowed_domains = [self.instance.host]
+        # the bare domain: Scrapy's offsite filter then also lets www. through; _on_host decides exactly
+        self.allowed_domains = [self.instance.host.removeprefix("www.")]
         self.base_url = self.instance.base_url
         self.headers = dict(self.instance.parse_options.include_headers)
         self.filter = PathFilter(self.instance.source_params.include_items, self.instance.source_params.exclude_items)
@@ -178,7 +179,9 @@ class SiteSpider(scrapy.Spider):
     def _apply_crawl_delay(self) -> None:
         delay = self.robots.crawl_delay(self.settings.get("USER_AGENT", "sitesearch"))
         if delay:
-            self.crawl_delays[self.instance.host] = float(delay)
+            bare = self.instance.host.removeprefix("www.")
+            for host in (bare, f"www.{bare}"):  # download slots are keyed by hostname
+                self.crawl_delays[host] = float(delay)
             self.log_job(f"robots.txt Crawl-delay: {delay} s between requests")
 
     # --- sitemaps -----------------------------------------------------------------------
@@ -265,7 +268,7 @@ class SiteSpider(scrapy.Spider):
 
     # --- discovery ------------------------------------------------------------------------
     def _on_host(self, url: str) -> bool:
-        return (urlsplit(url).hostname or "").lower() == self.instance.host
+        return same_site_host(urlsplit(url).hostname or "", self.instance.host)
 
     def _discover(
         self,
