@@ -13,9 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_text
 from indexer.config import Settings
+from indexer.convert import UnsupportedFileType, convert
 from indexer.embedder import Embedder
 from indexer.extract import Extracted, extract_html, extract_text_document
 from indexer.rawstore import RawStore
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 GONE_STATUSES = (404, 410)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
+TITLE_HEADER = "x-sitesearch-title"  # set on stored uploads by server/routes/items.py
 FAST_EXTRACT_BYTES = 1024 * 1024  # above this, trafilatura runs without its slow fallbacks
 
 
@@ -102,6 +105,8 @@ class Indexer:
         doc = self._extract(page.body, page.content_type, page.url)
         if doc is None:
             return IndexOutcome("skipped", message=f"Skipped: unsupported content type {page.content_type!r}")
+        if not doc.title and page.headers.get(TITLE_HEADER):  # uploads: the converter's title
+            doc = Extracted(title=page.headers[TITLE_HEADER], markdown=doc.markdown, canonical=doc.canonical)
         config = self._instance_config(instance_id)
         # the model's max input counts [CLS] and [SEP]; count_tokens does not
         chunk_size = min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2)
@@ -152,7 +157,13 @@ class Indexer:
             return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES)
         if ctype in TEXT_TYPES:
             return extract_text_document(body.decode("utf-8", errors="replace"))
-        return None
+        # PDFs, Office and other documents a site links from its sitemap: the upload converters.
+        # A corrupt file raises ConversionError, which index_item records as an error.
+        try:
+            converted = convert(body, urlsplit(url).path or "/", ctype)
+        except UnsupportedFileType:
+            return None
+        return Extracted(title=converted.title, markdown=converted.markdown)
 
     def _instance_config(self, instance_id: str) -> dict[str, Any]:
         inst = self.state.get_instance(instance_id)

@@ -47,7 +47,7 @@ def run_demo(*, port: int = 8787, keep_running: bool = True) -> int:
     _say(f"sample website: {site.url} (bundled in {SAMPLE_SITE})")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    _say("starting the API (the first start builds the ONNX embedding model, about a minute) ...")
+    _say("starting the API (the first start builds the ONNX embedding model, a few seconds) ...")
     thread.start()
     base = f"http://127.0.0.1:{port}"
     api = f"{base}/client/v4/accounts/{settings.account_id}/ai-search"

@@ -164,9 +164,9 @@ def test_oversize_page_is_skipped_with_a_message(env: Env) -> None:
 
 
 def test_unsupported_type_skipped_and_missing_body_is_an_error(env: Env) -> None:
-    pdf = env.fetched("http://example.test/a.pdf", b"%PDF-1.7 binary", ctype="application/pdf")
-    outcome = env.indexer.index_item(pdf)
-    assert outcome.status == "skipped" and "application/pdf" in outcome.message
+    video = env.fetched("http://example.test/a.mp4", b"\0\0\0\x18ftypmp42", ctype="video/mp4")
+    outcome = env.indexer.index_item(video)
+    assert outcome.status == "skipped" and "video/mp4" in outcome.message
     lost = env.fetched("http://example.test/lost.html", None)
     outcome = env.indexer.index_item(lost)
     assert outcome.status == "error" and "missing" in outcome.message
@@ -193,3 +193,25 @@ def test_new_chunk_settings_re_index_unchanged_text(env: Env) -> None:
     assert outcome.status == "indexed", "same text, new chunk_size: must be re-chunked"
     assert 0 < outcome.chunks < small
     assert len(env.chunks(item["id"])) == outcome.chunks
+
+
+def test_crawled_pdf_is_converted_and_indexed(env: Env) -> None:
+    from tests.test_items import make_pdf
+
+    url = "http://example.test/files/price-list.pdf"
+    item = env.fetched(url, make_pdf(["Quince jam costs 7 crowns per jar.", "Delivery is free on Tuesdays."]), ctype="application/pdf")
+    outcome = env.indexer.index_item(item)
+    assert outcome.status == "indexed" and outcome.chunks >= 1
+    assert any("Quince jam costs 7 crowns" in text for text in env.chunks(item["id"]).values())
+
+
+def test_crawled_unsupported_binary_is_skipped(env: Env) -> None:
+    item = env.fetched("http://example.test/logo.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, ctype="image/png")
+    outcome = env.indexer.index_item(item)
+    assert outcome.status == "skipped" and "image/png" in (outcome.message or "")
+
+
+def test_corrupt_crawled_pdf_is_an_error_with_a_message(env: Env) -> None:
+    item = env.fetched("http://example.test/broken.pdf", b"%PDF-1.7 truncated", ctype="application/pdf")
+    outcome = env.indexer.index_item(item)
+    assert outcome.status == "error" and "PDF" in (outcome.message or "")

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from indexer.convert import ConversionError, UnsupportedFileType, convert, file_kind
 from indexer.instance import InstanceConfig
 from indexer.pathfilter import PathFilter
+from indexer.pipeline import TITLE_HEADER
 from indexer.rawstore import RawPage
 from indexer.service import IndexService
 from indexer.state import StateStore, item_id_for
@@ -46,7 +47,6 @@ MULTIPART_OVERHEAD = 256 * 1024  # body bytes allowed beyond the file limit (hea
 SOURCE_SUFFIX = "-source"  # raw-store name of an upload's original bytes
 ITEM_STATUSES = ("queued", "fetched", "indexed", "error", "skipped", "deleted")
 MARKDOWN = "text/markdown; charset=utf-8"
-TITLE_HEADER = "x-sitesearch-title"  # the converter's title, on the stored Markdown page
 
 
 # --- multipart reading ----------------------------------------------------------------
