@@ -17,7 +17,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -214,7 +213,3 @@ def folder_for_url(url: str) -> str:
     directory = path[: path.rfind("/") + 1]
     return f"{parts.netloc}{directory}"
 
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import http.client
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
