@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from indexer.answer import AnswerError, GenerationConfig, Generator, extractive_answer, extractive_parts, sources_block
 from indexer.instance import InstanceConfig
@@ -189,12 +190,13 @@ def search_result(query: str, hits: list[SearchHit]) -> dict[str, Any]:
     }
 
 
-@router.post("/ai-search/instances/{instance_id}/search")
+@router.post("/ai-search/instances/{instance_id}/search", response_model=None)
 def instance_search(
     _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
-) -> dict[str, Any]:
+) -> Response:
     query, hits = run_search(state, service, principal, instance_id, body)
-    return envelope(search_result(query, hits))
+    # Already plain JSON types: serialise once with orjson instead of FastAPI's recursive encoder.
+    return Response(orjson.dumps(envelope(search_result(query, hits))), media_type="application/json")
 
 
 _CACHES: dict[str, SimilarityCache] = {}
@@ -300,10 +302,10 @@ def _event(payload: dict[str, Any]) -> str:
 
 
 # --- legacy AutoRAG aliases -----------------------------------------------------------------
-@router.post("/autorag/rags/{instance_id}/search", tags=["legacy"])
+@router.post("/autorag/rags/{instance_id}/search", tags=["legacy"], response_model=None)
 def legacy_search(
     _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
-) -> dict[str, Any]:
+) -> Response:
     return instance_search(_, principal, state, service, instance_id, body)
 
 
