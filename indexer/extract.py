@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import lxml.etree
 import lxml.html
 import trafilatura
-from trafilatura.metadata import extract_metadata
+from trafilatura.metadata import extract_title
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,26 @@ def extract_text_document(data: str, *, title: str = "") -> Extracted:
 
 
 def _title(tree: lxml.html.HtmlElement, url: str) -> str:
+    """og:title / twitter:title, else trafilatura's title heuristics (without its slow date search)."""
+    for meta in tree.iterfind(".//meta[@content]"):
+        if (meta.get("property") or meta.get("name") or "").lower() in ("og:title", "twitter:title"):
+            title = meta.get("content", "").strip()
+            if title:
+                return _clean_title(title)
     try:
-        meta = extract_metadata(copy.deepcopy(tree), default_url=url)
-        if meta is not None and meta.title:
-            return meta.title.strip()
+        title = extract_title(tree)
     except Exception:
-        logger.debug("metadata extraction failed on %s", url, exc_info=True)
-    node = tree.find(".//title")
-    return (node.text_content().strip() if node is not None else "") or ""
+        logger.debug("title extraction failed on %s", url, exc_info=True)
+        title = None
+    if not title:
+        node = tree.find(".//title")
+        title = node.text_content() if node is not None else ""
+    return _clean_title(title or "")
+
+
+def _clean_title(title: str) -> str:
+    # Sphinx and other generators leave their permalink sign in headings
+    return _WS.sub(" ", title).strip().rstrip("¶#").strip()
 
 
 def _canonical(tree: lxml.html.HtmlElement) -> str | None:
