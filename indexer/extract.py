@@ -62,6 +62,7 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False) -> Extracte
         pass
     canonical = _canonical(tree)
     title = _title(tree, url)
+    _drop_permalinks(tree)
     try:
         text = trafilatura.extract(
             copy.deepcopy(tree),
@@ -107,6 +108,21 @@ def _title(tree: lxml.html.HtmlElement, url: str) -> str:
 def _clean_title(title: str) -> str:
     # Sphinx and other generators leave their permalink sign in headings
     return _WS.sub(" ", title).strip().rstrip("¶#").strip()
+
+
+_PERMALINK_CLASSES = ("headerlink", "hash-link", "anchor-link", "anchorjs-link", "header-anchor", "heading-anchor")
+_PERMALINK_TEXT = {"¶", "#", "§", "🔗", "link"}
+
+
+def _drop_permalinks(tree: lxml.html.HtmlElement) -> None:
+    """Remove heading permalink anchors (Sphinx ¶, MkDocs, Docusaurus #): noise in every chunk."""
+    for a in tree.iterfind(".//a[@href]"):
+        classes = (a.get("class") or "").lower()
+        text = a.text_content().strip()
+        if any(c in classes for c in _PERMALINK_CLASSES) or (
+            text in _PERMALINK_TEXT and a.get("href", "").split("#", 1)[-1] and "#" in a.get("href", "")
+        ):
+            a.drop_tree()
 
 
 def _canonical(tree: lxml.html.HtmlElement) -> str | None:

@@ -98,3 +98,15 @@ def test_plain_text_document() -> None:
     doc = extract_text_document("Line one   \r\n\r\n\r\n\r\nLine   two\t\tend", title="Notes")
     assert doc.title == "Notes"
     assert doc.markdown == "Line one\n\nLine two end"
+
+
+def test_heading_permalinks_are_dropped() -> None:
+    html = b"""<html><head><title>t</title></head><body><article>
+    <h1>Regular expressions<a class="headerlink" href="#re" title="Permalink">\xc2\xb6</a></h1>
+    <p>The <a href="#re.findall">findall</a> function returns all non-overlapping matches of the pattern in the string.</p>
+    <h2 id="x">Flags <a href="#x" class="hash-link">#</a></h2>
+    <p>Flags change how the pattern is interpreted; IGNORECASE makes matching case-insensitive everywhere.</p>
+    </article></body></html>"""
+    doc = extract_html(html, "https://docs.example/re.html")
+    assert "\xb6" not in doc.markdown and "[#]" not in doc.markdown
+    assert "Regular expressions" in doc.markdown and "findall" in doc.markdown  # ordinary links stay
