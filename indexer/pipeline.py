@@ -19,7 +19,7 @@ from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_tex
 from indexer.config import Settings
 from indexer.convert import UnsupportedFileType, convert
 from indexer.embedder import Embedder
-from indexer.extract import Extracted, extract_html, extract_text_document
+from indexer.extract import Extracted, embedding_text, extract_html, extract_text_document
 from indexer.rawstore import RawStore
 from indexer.state import StateStore
 from indexer.vectorstore import VectorStore, folder_for_url
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 GONE_STATUSES = (404, 410)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
+EMBEDDING_TEXT_VERSION = 2  # bump when what the model sees changes: pages are then re-embedded
 TITLE_HEADER = "x-sitesearch-title"  # set on stored uploads by server/routes/items.py
 FAST_EXTRACT_BYTES = 1024 * 1024  # above this, trafilatura runs without its slow fallbacks
 
@@ -114,7 +115,7 @@ class Indexer:
         # The stored hash covers the text and how it was chunked and embedded, so changing
         # chunk_size, chunk_overlap or the model re-indexes a page even if its text is the same.
         fingerprint = hashlib.sha256(
-            f"{doc.content_hash}|{chunk_size}|{overlap}|{self.embedder.name}".encode()
+            f"{doc.content_hash}|{chunk_size}|{overlap}|{self.embedder.name}|{EMBEDDING_TEXT_VERSION}".encode()
         ).hexdigest()
         if fingerprint == item.get("content_hash") and item.get("status") in ("fetched", "indexed"):
             if item.get("chunks", 0) > 0 or not doc.markdown:
@@ -129,7 +130,7 @@ class Indexer:
             count_tokens=self.embedder.count_tokens,
             token_offsets=self.embedder.tokenize_offsets,
         )
-        to_embed = [f"{doc.title}\n\n{c}" if doc.title else c for c in chunks]
+        to_embed = [f"{doc.title}\n\n{embedding_text(c)}" if doc.title else embedding_text(c) for c in chunks]
         vectors = self.embedder.embed(to_embed)
         timestamp_ms = int(item.get("fetched_at") or time.time()) * 1000  # ms, rounded down to seconds
         meta = {

@@ -110,3 +110,12 @@ def test_heading_permalinks_are_dropped() -> None:
     doc = extract_html(html, "https://docs.example/re.html")
     assert "\xb6" not in doc.markdown and "[#]" not in doc.markdown
     assert "Regular expressions" in doc.markdown and "findall" in doc.markdown  # ordinary links stay
+
+
+def test_embedding_text_keeps_link_text_and_drops_urls() -> None:
+    from indexer.extract import embedding_text
+
+    md = 'See [`re.findall`](https://docs.python.org/3/library/re.html#re.findall "title") and ![logo](/img/a.png).'
+    assert embedding_text(md) == "See `re.findall` and logo."
+    assert embedding_text("a [b](http://x/(y)) c") == "a b c"
+    assert embedding_text("no links [here] (at all)") == "no links [here] (at all)"
