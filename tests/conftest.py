@@ -49,6 +49,21 @@ def make_settings(data_dir: Path, model_dir: Path, **overrides: Any) -> Settings
     return Settings(**values)
 
 
+def wait_for_job(client: Any, instance_id: str, job_id: str, *, timeout: float = 180.0) -> dict[str, Any]:
+    """Poll ``GET .../jobs/{job_id}`` through the API until the job ends; returns the job.
+
+    Args:
+        client: an API client (``TestClient`` or ``httpx.Client``) for the ``local`` account.
+    """
+    url = f"/client/v4/accounts/local/ai-search/instances/{instance_id}/jobs/{job_id}"
+
+    def ended() -> dict[str, Any] | None:
+        job = client.get(url, headers={"Authorization": f"Bearer {API_TOKEN}"}).json()["result"]
+        return job if job["status"] not in ("queued", "running") else None
+
+    return wait_until(ended, timeout=timeout)
+
+
 def wait_until(predicate: Any, *, timeout: float = 120.0, interval: float = 0.2) -> Any:
     """Poll until ``predicate()`` is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.devsite import DevSite
-from tests.conftest import API_TOKEN, FIXTURE_HEADER, make_settings, wait_until
+from tests.conftest import API_TOKEN, FIXTURE_HEADER, make_settings, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +46,7 @@ def crawled(fixture_site: DevSite, model_dir: Path, tmp_path_factory: pytest.Tem
         r = client.post(f"{ACCOUNT}/instances/fixture/jobs", headers=AUTH)
         assert r.status_code == 200, r.text
         job_id = r.json()["result"]["id"]
-
-        def finished() -> dict[str, Any] | None:
-            job = client.get(f"{ACCOUNT}/instances/fixture/jobs/{job_id}", headers=AUTH).json()["result"]
-            return job if job["status"] not in ("queued", "running") else None
-
-        job = wait_until(finished, timeout=180)
+        job = wait_for_job(client, "fixture", job_id)
         logs = client.get(f"{ACCOUNT}/instances/fixture/jobs/{job_id}/logs?per_page=1000", headers=AUTH).json()["result"]
         yield {"client": client, "job": job, "logs": logs, "requests": list(fixture_site.requests)}
 

@@ -27,7 +27,7 @@ from indexer.config import Settings
 from server.app import create_app
 from server.auth import READ, RUN, mint_token
 from server.devsite import DevSite
-from tests.conftest import API_TOKEN, FIXTURE_HEADER, make_settings, wait_until
+from tests.conftest import API_TOKEN, FIXTURE_HEADER, make_settings, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,13 +71,7 @@ def crawl_fixture_site(client: httpx.Client, site: DevSite, instance_id: str = "
     assert r.status_code == 200, r.text
     r = client.post(f"{ACCOUNT}/instances/{instance_id}/jobs", headers=AUTH)
     assert r.status_code == 200, r.text
-    job_id = r.json()["result"]["id"]
-
-    def finished() -> dict[str, Any] | None:
-        job = client.get(f"{ACCOUNT}/instances/{instance_id}/jobs/{job_id}", headers=AUTH).json()["result"]
-        return job if job["status"] not in ("queued", "running") else None
-
-    job = wait_until(finished, timeout=180)
+    job = wait_for_job(client, instance_id, r.json()["result"]["id"])
     assert job["status"] == "completed", job
     assert job["counters"]["indexed"] >= 5, job
     return job

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.devsite import DevSite, write_sitemap_site
-from tests.conftest import API_TOKEN, make_settings, wait_until
+from tests.conftest import API_TOKEN, make_settings, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -83,11 +83,7 @@ def env(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
 
 
 def wait_job(client: TestClient, job_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        job = client.get(f"{ACCOUNT}/instances/resync/jobs/{job_id}", headers=AUTH).json()["result"]
-        return job if job["status"] not in ("queued", "running") else None
-
-    return wait_until(done, timeout=120)
+    return wait_for_job(client, "resync", job_id, timeout=120)
 
 
 def sync(env: dict[str, Any], *, later: float = 0.0) -> tuple[dict[str, Any], list[str], dict[str, str | None]]:
