@@ -207,9 +207,14 @@ def _html(data: bytes, name: str) -> tuple[str, str]:
     return doc.markdown, doc.title
 
 
-def _xml(data: bytes, _name: str) -> tuple[str, str]:
+def _parse_xml(data: bytes) -> etree._Element:
+    """Parse untrusted XML: no entity expansion, no DTD, no network, no huge trees."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
-    root = etree.fromstring(data, parser=parser)
+    return etree.fromstring(data, parser=parser)
+
+
+def _xml(data: bytes, _name: str) -> tuple[str, str]:
+    root = _parse_xml(data)
     parts = (t.strip() for t in root.itertext())
     return "\n".join(p for p in parts if p), ""
 
@@ -348,8 +353,7 @@ def _odf_root(data: bytes) -> etree._Element:
         content = archive.read("content.xml")
     except KeyError:
         raise ConversionError("the OpenDocument file has no content.xml") from None
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-    return etree.fromstring(content, parser=parser)
+    return _parse_xml(content)
 
 
 def _odf_text(el: etree._Element) -> str:
