@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from indexer.extract import extract_html
+from indexer.extract import extract_html, mime_type
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def file_kind(filename: str, content_type: str | None = None) -> str:
         return RICH_EXTENSIONS[ext]
     if ext in REFUSED_EXTENSIONS:
         raise UnsupportedFileType(f"file: .{ext} — {REFUSED_EXTENSIONS[ext]}")
-    mime = (content_type or "").split(";")[0].strip().lower()
+    mime = mime_type(content_type)
     if mime in MIME_KINDS:
         return MIME_KINDS[mime]
     what = f".{ext} files" if ext else f"files of type {mime or 'unknown'!r} without an extension"

@@ -23,6 +23,14 @@ _WS = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n{3,}")
 
 
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def mime_type(content_type: str | None) -> str:
+    """The bare, lowercased media type of a Content-Type value (``text/html; charset=utf-8`` → ``text/html``)."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Extracted:
     """The text of a page as indexed."""

@@ -19,7 +19,7 @@ from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_tex
 from indexer.config import Settings
 from indexer.convert import UnsupportedFileType, convert
 from indexer.embedder import Embedder
-from indexer.extract import Extracted, embedding_text, extract_html, extract_text_document
+from indexer.extract import HTML_TYPES, Extracted, embedding_text, extract_html, extract_text_document, mime_type
 from indexer.rawstore import RawStore
 from indexer.state import StateStore
 from indexer.vectorstore import VectorStore, folder_for_url
@@ -27,7 +27,6 @@ from indexer.vectorstore import VectorStore, folder_for_url
 logger = logging.getLogger(__name__)
 
 GONE_STATUSES = (404, 410)
-HTML_TYPES = ("text/html", "application/xhtml+xml")
 TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
 EMBEDDING_TEXT_VERSION = 2  # bump when what the model sees changes: pages are then re-embedded
 TITLE_HEADER = "x-sitesearch-title"  # set on stored uploads by server/routes/items.py
@@ -153,7 +152,7 @@ class Indexer:
         return IndexOutcome("indexed", chunks=len(chunks))
 
     def _extract(self, body: bytes, content_type: str, url: str) -> Extracted | None:
-        ctype = (content_type or "").split(";")[0].strip().lower()
+        ctype = mime_type(content_type)
         if not ctype or ctype in HTML_TYPES:
             return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES)
         if ctype in TEXT_TYPES:

@@ -39,6 +39,7 @@ from crawler.freshness import decide
 from crawler.robots import RobotsTxt, robots_policy_for_status
 from crawler.sitemaps import ParseReport, SitemapWalk, iter_sitemap, resolve_sitemap_url
 from indexer.config import Settings, get_settings
+from indexer.extract import HTML_TYPES, mime_type
 from indexer.instance import InstanceConfig
 from indexer.pathfilter import PathFilter
 from indexer.rawstore import RawPage, RawStore
@@ -511,11 +512,11 @@ class SiteSpider(scrapy.Spider):
         if not self.follow_links or depth >= self.discover_options.depth:
             return
         body: bytes = response.body if response.status != 304 else b""
-        ctype = (_header(response, "Content-Type") or "").split(";")[0].strip().lower()
+        ctype = mime_type(_header(response, "Content-Type"))
         if response.status == 304:  # unchanged since last sync: its links come from the stored copy
             page = self.raw.get(self.instance_id, item_id)
-            body, ctype = (page.body, (page.content_type or "").split(";")[0].strip().lower()) if page else (b"", "")
-        if not body or (ctype and ctype not in ("text/html", "application/xhtml+xml")):
+            body, ctype = (page.body, mime_type(page.content_type)) if page else (b"", "")
+        if not body or (ctype and ctype not in HTML_TYPES):
             return
         found = extract_links(body, response.url, self.scope)
         limit = min(self.discover_options.limit, self.settings_obj.max_pages_per_instance)
@@ -577,8 +578,8 @@ class SiteSpider(scrapy.Spider):
             self.log_job(f"Skipped: redirected off {self.instance.host} to {key}", url=requested)
             self.state.incr_job(self.job_id, skipped=1)
             return None
-        ctype = (_header(response, "Content-Type") or "").split(";")[0].strip().lower()
-        if ctype in ("text/html", "application/xhtml+xml", ""):
+        ctype = mime_type(_header(response, "Content-Type"))
+        if not ctype or ctype in HTML_TYPES:
             canonical = extract_links(response.body, response.url, self.scope).canonical
             if canonical:
                 key = canonical
