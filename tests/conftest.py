@@ -73,3 +73,6 @@ def wait_until(predicate: Any, *, timeout: float = 120.0, interval: float = 0.2)
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+from tests.services import chroma_url, postgres_url, redis_url  # noqa: E402,F401  (service fixtures)
