@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(
         default=None, description="http://host:port of a `chroma run` server; default embedded"
     )
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db shared by crawler workers (one frontier per job); default none"
+    )
 
     # --- API -----------------------------------------------------------------
     api_token: str | None = Field(default=None, description="Bootstrap bearer token (all permissions)")
@@ -57,6 +60,7 @@ class Settings(BaseSettings):
     embed_batch_size: int = 32  # chunks per onnxruntime call
 
     # --- search ------------------------------------------------------------------
+    search_threads: int | None = None  # /search calls running at once per API process (others queue); None = cores
     rerank_model_dir: Path | None = Field(
         default=None, description="A cross-encoder ONNX directory (model.onnx + tokenizer.json) for reranking"
     )
@@ -99,8 +103,10 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The state database URL, defaulting to SQLite in the data directory."""
-        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'state.db'}"
+        """The state database URL, defaulting to SQLite in the data directory (``postgres://`` → psycopg)."""
+        from indexer.state import normalize_database_url
+
+        return normalize_database_url(self.database_url or f"sqlite:///{self.data_dir.resolve() / 'state.db'}")
 
     @property
     def models_dir(self) -> Path:
@@ -138,6 +144,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.chroma_url:
         env["SITESEARCH_CHROMA_URL"] = settings.chroma_url
+    if settings.redis_url:
+        env["SITESEARCH_REDIS_URL"] = settings.redis_url
     if settings.model_dir:
         env["SITESEARCH_MODEL_DIR"] = str(settings.model_dir.resolve())
     if settings.embed_threads:

@@ -21,7 +21,9 @@ and every looser one, not at the stricter ones).  Entries expire after 30 days. 
 entry records the content hash of every item whose chunks it cited; on lookup, an
 entry whose items changed or were deleted is dropped, whichever process re-indexed
 them.  Entries are kept per instance and per request signature (filters, model,
-system prompt, tenant folder, ...), in SQLite under the data directory.
+system prompt, tenant folder, ...) in the state database (tables ``simcache_entries``
+and ``simcache_buckets``, through :class:`~indexer.state.StateStore`), so every API
+process sharing the database shares the cache.
 """
 
 from __future__ import annotations
@@ -30,15 +32,15 @@ import hashlib
 import json
 import logging
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from indexer.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +55,6 @@ _rng = np.random.default_rng(20250924)
 _A = _rng.integers(1, _PRIME, size=NUM_PERM, dtype=np.uint64)
 _B = _rng.integers(0, _PRIME, size=NUM_PERM, dtype=np.uint64)
 _WORD = re.compile(r"\w+")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id INTEGER PRIMARY KEY,
-    instance_id TEXT NOT NULL,
-    signature TEXT NOT NULL,   -- hash of the request options the answer depends on
-    prompt TEXT NOT NULL,
-    shingles TEXT NOT NULL,    -- JSON list
-    items TEXT NOT NULL,       -- JSON {item_id: content_hash} of the cited chunks' items
-    response TEXT NOT NULL,    -- JSON result
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS buckets (
-    key TEXT NOT NULL,
-    entry_id INTEGER NOT NULL REFERENCES entries(id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS buckets_key ON buckets(key);
-CREATE INDEX IF NOT EXISTS buckets_entry ON buckets(entry_id);
-"""
-
-
 def threshold_name(value: str | None) -> str:
     """The seeds' threshold name for either vocabulary (None → ``strong``).
 
@@ -127,24 +109,16 @@ class CacheHit:
 
 
 class SimilarityCache:
-    """Per-instance answer cache in ``<data_dir>/simcache.sqlite``.
+    """Per-instance answer cache in the state database.
 
     Args:
-        path: the SQLite file.
+        state: the state store (SQLite or PostgreSQL) holding the cache tables.
         clock: seconds since the epoch (tests pass their own).
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, state: StateStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
         self._clock = clock
-
-    def close(self) -> None:
-        self._conn.close()
 
     @staticmethod
     def signature(options: Mapping[str, Any]) -> str:
@@ -174,32 +148,25 @@ class SimilarityCache:
         sh = shingles(prompt)
         keys = _bucket_keys(instance_id, signature, minhash(sh))
         now = self._clock()
-        with self._lock:
-            marks = ",".join("?" * len(keys))
-            rows = self._conn.execute(
-                f"SELECT DISTINCT e.id, e.prompt, e.shingles, e.items, e.response, e.created_at FROM buckets b"
-                f" JOIN entries e ON e.id = b.entry_id WHERE b.key IN ({marks})",
-                keys,
-            ).fetchall()
-            best: tuple[float, int, str, str, str] | None = None
-            stale: list[int] = []
-            for eid, eprompt, eshingles, eitems, eresponse, created in rows:
-                if now - created > TTL_SECONDS:
-                    stale.append(eid)
-                    continue
-                sim = jaccard(sh, set(json.loads(eshingles)))
-                if sim >= need and (best is None or sim > best[0]):
-                    best = (sim, eid, eprompt, eitems, eresponse)
-            if best is not None:
-                items = json.loads(best[3])
-                if any(current(item) != h for item, h in items.items()):
-                    stale.append(best[1])
-                    best = None
-            if stale:
-                self._conn.executemany("DELETE FROM entries WHERE id=?", [(i,) for i in stale])
+        best: tuple[float, dict[str, Any]] | None = None
+        stale: list[int] = []
+        for row in self.state.simcache_candidates(keys):
+            if row["instance_id"] != instance_id or row["signature"] != signature:
+                continue  # the bucket key holds both, but a "|" inside an id could alias another pair
+            if now - row["created_at"] > TTL_SECONDS:
+                stale.append(row["id"])
+                continue
+            sim = jaccard(sh, set(json.loads(row["shingles"])))
+            if sim >= need and (best is None or sim > best[0]):
+                best = (sim, row)
+        if best is not None and any(current(item) != h for item, h in json.loads(best[1]["items"]).items()):
+            stale.append(best[1]["id"])
+            best = None
+        if stale:
+            self.state.simcache_delete(stale)
         if best is None:
             return None
-        return CacheHit(json.loads(best[4]), best[2], best[0])
+        return CacheHit(json.loads(best[1]["response"]), best[1]["prompt"], best[0])
 
     def store(
         self,
@@ -213,28 +180,24 @@ class SimilarityCache:
         """Cache an answer with the content hashes of the items it cited."""
         sh = shingles(prompt)
         keys = _bucket_keys(instance_id, signature, minhash(sh))
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._conn.execute(
-                    "INSERT INTO entries(instance_id, signature, prompt, shingles, items, response, created_at)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (instance_id, signature, prompt, json.dumps(sorted(sh)), json.dumps(dict(items)),
-                     json.dumps(dict(response)), self._clock()),
-                )
-                self._conn.executemany("INSERT INTO buckets(key, entry_id) VALUES (?,?)",
-                                       [(k, cur.lastrowid) for k in set(keys)])
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        entry = {
+            "instance_id": instance_id,
+            "signature": signature,
+            "prompt": prompt,
+            "shingles": json.dumps(sorted(sh)),
+            "items": json.dumps(dict(items)),
+            "response": json.dumps(dict(response)),
+            "created_at": self._clock(),
+        }
+        self.state.simcache_add(entry, keys)
 
     def drop_instance(self, instance_id: str) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM entries WHERE instance_id=?", (instance_id,))
+        """Forget every cached answer of an instance."""
+        self.state.simcache_delete(instance_id=instance_id)
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+        """Number of cached answers (all instances)."""
+        return self.state.simcache_count()
 
 
 def _bucket_keys(instance_id: str, signature: str, sig: np.ndarray) -> list[str]:

@@ -1,8 +1,13 @@
-"""Durable state: instances, items (one per URL or uploaded file), jobs, job logs, tokens.
+"""Durable state: instances, items (one per URL or uploaded file), jobs, job logs, tokens,
+schedules and the similarity cache.
 
-SQLite by default (WAL mode, so the crawler process and the API server share it),
-any SQLAlchemy URL otherwise.  All reads and writes of state go through
-:class:`StateStore`; nothing else issues SQL.
+SQLite by default (WAL mode, so the crawler process and the API server share it), or
+PostgreSQL (``SITESEARCH_DATABASE_URL=postgresql://...``, driven by psycopg) so several
+API and crawler processes on several machines share one state: the same tables and the
+same SQLAlchemy code on both.  The schema is managed by Alembic
+(:mod:`indexer.migrations`); opening a :class:`StateStore` brings the database to the
+newest revision.  All reads and writes of state go through :class:`StateStore`;
+nothing else issues SQL.
 
 The ``items`` table doubles as the crawl frontier: the spider records every
 discovered URL with its sitemap ``priority`` and discovery sequence, and pulls
@@ -20,37 +25,57 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
     func,
     inspect,
     literal,
-    text,
     select,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 logger = logging.getLogger(__name__)
 
 metadata = MetaData()
+
+
+class SafeText(TypeDecorator[str]):
+    """Text from the web: NUL characters are dropped (PostgreSQL text cannot hold them)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+#: an auto-increment 64-bit key (SQLite's rowid alias must be spelled INTEGER)
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 instances = Table(
     "instances",
     metadata,
     Column("id", String(64), primary_key=True),
     Column("type", String(32), nullable=False),
-    Column("source", Text, nullable=True),
+    Column("source", SafeText, nullable=True),
     Column("config", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("modified_at", Float, nullable=False),
@@ -61,31 +86,33 @@ items = Table(
     metadata,
     Column("id", String(36), primary_key=True),
     Column("instance_id", String(64), nullable=False),
-    Column("key", Text, nullable=False),  # the URL for crawled pages, the object key for uploads
+    Column("key", SafeText, nullable=False),  # the URL for crawled pages, the object key for uploads
     Column("origin", String(16), nullable=False, default="sitemap"),  # sitemap | link | upload
     Column("status", String(16), nullable=False, default="queued"),
-    Column("error", Text),
+    Column("error", SafeText),
     Column("http_status", Integer),
     Column("priority", Float, nullable=False, default=0.5),
     Column("seq", Integer, nullable=False, default=0),
     Column("depth", Integer, nullable=False, default=0),
-    Column("lastmod", String(64)),
-    Column("changefreq", String(16)),
-    Column("etag", Text),
-    Column("last_modified", Text),
+    Column("lastmod", SafeText),
+    Column("changefreq", SafeText),
+    Column("etag", SafeText),
+    Column("last_modified", SafeText),
     Column("content_hash", String(64)),
-    Column("title", Text),
-    Column("folder", Text),
-    Column("filename", Text),
-    Column("context", Text),
+    Column("title", SafeText),
+    Column("folder", SafeText),
+    Column("filename", SafeText),
+    Column("context", SafeText),
     Column("chunks", Integer, nullable=False, default=0),
     Column("fetched_at", Float),
     Column("indexed_at", Float),
     Column("seen_job", String(36)),  # last job that discovered this URL
     Column("pending_job", String(36)),  # job waiting for this item's indexing
     Column("checked_at", Float),  # last definitive answer (200, 304, 404, 410): freshness baseline
-    Column("checked_lastmod", String(64)),  # the sitemap <lastmod> at that check
-    Column("delete_reason", Text),  # set with status fetched: the index owner removes the item
+    Column("checked_lastmod", SafeText),  # the sitemap <lastmod> at that check
+    Column("delete_reason", SafeText),  # set with status fetched: the index owner removes the item
+    Column("claimed_by", String(64)),  # the indexer embedding this fetched item (revision 0003)
+    Column("claimed_at", Float),  # when it claimed it; a claim older than the lease may be taken over
     UniqueConstraint("instance_id", "key", name="uq_items_instance_key"),
 )
 Index("ix_items_frontier_order", items.c.instance_id, items.c.seen_job, items.c.priority.desc(), items.c.seq)  # no sort per batch
@@ -114,32 +141,32 @@ jobs = Table(
     Column("created_at", Float, nullable=False),
     Column("started_at", Float),
     Column("ended_at", Float),
-    Column("end_reason", Text),
+    Column("end_reason", SafeText),
     Column("crawl_done", Boolean, nullable=False, default=False),
     Column("pid", Integer),
-    Column("target", Text),  # sync one item: the URL to re-fetch (None: a full sync)
+    Column("target", SafeText),  # sync one item: the URL to re-fetch (None: a full sync)
     *(Column(name, Integer, nullable=False, default=0) for name in JOB_COUNTERS),
 )
 
 job_logs = Table(
     "job_logs",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigId, primary_key=True, autoincrement=True),
     Column("job_id", String(36), nullable=False, index=True),
     Column("ts", Float, nullable=False),
     Column("level", String(8), nullable=False),
-    Column("url", Text),
-    Column("message", Text, nullable=False),
+    Column("url", SafeText),
+    Column("message", SafeText, nullable=False),
 )
 
 tokens = Table(
     "tokens",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("name", Text, nullable=False),
+    Column("name", SafeText, nullable=False),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("permissions", JSON, nullable=False),
-    Column("folder_prefix", Text),
+    Column("folder_prefix", SafeText),
     Column("created_at", Float, nullable=False),
 )
 
@@ -157,6 +184,58 @@ meta = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+#: the tables of the first Alembic revision (0001): what the release before migrations created
+BASELINE_TABLES = (instances, items, jobs, job_logs, tokens, schedules, meta)
+
+# Keyword index in the state database (indexer/keyword_pg.py; revision 0003).  Used only when the
+# database is PostgreSQL (tsvector + GIN); on SQLite the tables exist but stay empty (FTS5 files are used).
+keyword_chunks = Table(
+    "keyword_chunks",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("chunk_id", Text, primary_key=True),
+    Column("item_id", String(64), nullable=False),
+    Column("meta", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("tsv", Text().with_variant(TSVECTOR(), "postgresql"), nullable=False),
+)
+Index("ix_keyword_chunks_item", keyword_chunks.c.instance_id, keyword_chunks.c.item_id)
+Index("ix_keyword_chunks_tsv", keyword_chunks.c.tsv, postgresql_using="gin")
+keyword_instances = Table(
+    "keyword_instances",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("tokenizer", String(16), nullable=False),
+)
+
+# Similarity cache (indexer/simcache.py; revision 0002): an answer and one LSH bucket row per MinHash value.
+simcache_entries = Table(
+    "simcache_entries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False, index=True),
+    Column("signature", String(64), nullable=False),  # hash of the request options the answer depends on
+    Column("prompt", SafeText, nullable=False),
+    Column("shingles", Text, nullable=False),  # JSON list
+    Column("items", Text, nullable=False),  # JSON {item_id: content_hash} of the cited chunks' items
+    Column("response", Text, nullable=False),  # JSON result
+    Column("created_at", Float, nullable=False),
+)
+
+simcache_buckets = Table(
+    "simcache_buckets",
+    metadata,
+    Column("key", Text, nullable=False, index=True),
+    Column(
+        "entry_id",
+        BigId,
+        ForeignKey("simcache_entries.id", ondelete="CASCADE", name="fk_simcache_buckets_entry"),
+        nullable=False,
+        index=True,
+    ),
 )
 
 ACTIVE_JOB_STATUSES = ("queued", "running")
@@ -177,40 +256,72 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def normalize_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` URLs use the psycopg (3) driver; others are unchanged."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+#: seconds after which an indexer's claim on a fetched item lapses (it died); another may then index it
+CLAIM_LEASE_SECONDS = 600.0
+
+#: connections per process: the API's request threads, the index worker and the scheduler share them
+PG_POOL_SIZE = 5
+PG_MAX_OVERFLOW = 10
+
+
 def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL mode and a generous busy timeout."""
+    """Create an engine; SQLite gets WAL mode and a generous busy timeout, PostgreSQL a small checked pool.
+
+    Raises:
+        ValueError: a database other than SQLite or PostgreSQL.
+    """
+    url = normalize_database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif url.startswith("postgresql"):
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,  # a restarted server or a dropped idle connection is replaced, not an error
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
+            pool_recycle=1800,
+            pool_timeout=30,
+            connect_args={"connect_timeout": 10, "application_name": "sitesearch"},
+        )
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        raise ValueError(f"database_url: only sqlite:/// and postgresql:// databases are supported, got {url.split(':', 1)[0]!r}")
     return engine
 
 
-def upgrade_schema(engine: Engine) -> list[str]:
-    """Bring a database made by an older version up to date, keeping its data.
+def upgrade_schema(conn: Connection, tables: Iterable[Table] = BASELINE_TABLES) -> list[str]:
+    """Bring a database made by a release before migrations up to the first revision, keeping its data.
 
-    Additive only: columns added since (always nullable or with a default) are
-    created with ``ALTER TABLE ... ADD COLUMN``, and missing indexes are built.
-    Returns the DDL statements it ran.
+    Missing tables are created; columns added since (always nullable or with a default)
+    are created with ``ALTER TABLE ... ADD COLUMN``, and missing indexes are built.
+    Returns the DDL statements it ran (table creations not included).
     """
     ran: list[str] = []
-    inspector = inspect(engine)
-    with engine.begin() as c:
-        for table in metadata.sorted_tables:
-            existing = {col["name"] for col in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in existing:
-                    continue
-                ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
-                default = column.default.arg if column.default is not None and column.default.is_scalar else None
-                if default is not None:
-                    ddl += f" DEFAULT {int(default) if isinstance(default, bool) else repr(default)}"
-                c.execute(text(ddl))
-                ran.append(ddl)
-    for table in metadata.sorted_tables:
+    tables = list(tables)
+    metadata.create_all(conn, tables=tables, checkfirst=True)
+    inspector = inspect(conn)
+    for table in tables:
+        existing = {col["name"] for col in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in existing:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(conn.dialect)}"
+            default = column.default.arg if column.default is not None and column.default.is_scalar else None
+            if default is not None:
+                ddl += f" DEFAULT {int(default) if isinstance(default, bool) else repr(default)}"
+            conn.execute(text(ddl))
+            ran.append(ddl)
+    for table in tables:
         for index in table.indexes:
-            index.create(engine, checkfirst=True)
+            index.create(conn, checkfirst=True)
     if ran:
         logger.info("state database upgraded: %s", "; ".join(ran))
     return ran
@@ -223,16 +334,28 @@ def _row(r: Any) -> dict[str, Any] | None:
 class StateStore:
     """Every read and write of durable state.
 
+    Opening one brings the database to the newest schema revision
+    (:func:`indexer.migrations.upgrade`; safe when several processes start together).
+
     Args:
-        url: SQLAlchemy database URL.
+        url: SQLAlchemy database URL (``sqlite:///...`` or ``postgresql://...``).
     """
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = make_engine(url)
-        metadata.create_all(self.engine)
-        upgrade_schema(self.engine)
-        self._sqlite = url.startswith("sqlite")
+        from indexer import migrations
+
+        self.url = normalize_database_url(url)
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        try:
+            migrations.upgrade(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _insert(self, table: Table) -> Any:
+        """An INSERT supporting ``on_conflict_do_*`` (upserts) on this database."""
+        return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -244,9 +367,9 @@ class StateStore:
             return c.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, key: str, value: str) -> None:
+        ins = self._insert(meta).values(key=key, value=value)
         with self.engine.begin() as c:
-            c.execute(meta.delete().where(meta.c.key == key))
-            c.execute(meta.insert().values(key=key, value=value))
+            c.execute(ins.on_conflict_do_update(index_elements=["key"], set_={"value": ins.excluded.value}))
 
     # --- instances -----------------------------------------------------------------
     def create_instance(self, instance_id: str, type_: str, source: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -287,6 +410,9 @@ class StateStore:
             c.execute(jobs.delete().where(jobs.c.instance_id == instance_id))
             c.execute(items.delete().where(items.c.instance_id == instance_id))
             c.execute(schedules.delete().where(schedules.c.instance_id == instance_id))
+            cached = select(simcache_entries.c.id).where(simcache_entries.c.instance_id == instance_id)
+            c.execute(simcache_buckets.delete().where(simcache_buckets.c.entry_id.in_(cached)))
+            c.execute(simcache_entries.delete().where(simcache_entries.c.instance_id == instance_id))
             c.execute(instances.delete().where(instances.c.id == instance_id))
 
     # --- jobs ----------------------------------------------------------------------
@@ -348,8 +474,9 @@ class StateStore:
     def create_job_if_idle(self, instance_id: str, source: str, *, target: str | None = None) -> dict[str, Any] | None:
         """Create a queued job unless the instance has a queued or running one (None then).
 
-        One ``INSERT ... SELECT ... WHERE NOT EXISTS`` statement, so two processes sharing a
-        SQLite database cannot both start a job for the same instance.
+        One ``INSERT ... SELECT ... WHERE NOT EXISTS`` statement after locking the instance row
+        (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers anyway), so two
+        processes sharing a database cannot both start a job for the same instance.
         """
         job_id = str(uuid.uuid4())
         values = {
@@ -366,6 +493,7 @@ class StateStore:
         cols = list(values)
         sel = select(*[literal(values[k]).label(k) for k in cols]).where(~active.exists())
         with self.engine.begin() as c:
+            c.execute(select(instances.c.id).where(instances.c.id == instance_id).with_for_update())
             res = c.execute(jobs.insert().from_select(cols, sel))
             if not res.rowcount:
                 return None
@@ -422,6 +550,17 @@ class StateStore:
         """
         if not rows:
             return 0
+        for attempt in range(3):
+            try:
+                return self._record_discovered(instance_id, job_id, rows)
+            except IntegrityError:
+                # Two processes inserted the same new URL at once: PostgreSQL's upsert arbitrates
+                # one unique index (instance, key) and the item id is another. The retry sees the row.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_discovered(self, instance_id: str, job_id: str | None, rows: Sequence[Mapping[str, Any]]) -> int:
         new = 0
         with self.engine.begin() as c:
             keys = [r["key"] for r in rows]
@@ -457,7 +596,8 @@ class StateStore:
                     }
                 )
             if payload:
-                ins = sqlite_insert(items) if self._sqlite else _pg_insert(items)
+                payload.sort(key=lambda r: r["key"])  # one lock order for every process: no deadlocks
+                ins = self._insert(items)
                 update_cols = ("origin", "priority", "seq", "depth", "lastmod", "changefreq", "seen_job")
                 stmt = ins.on_conflict_do_update(
                     index_elements=["instance_id", "key"],
@@ -516,9 +656,10 @@ class StateStore:
         existing = self.get_item_by_key(instance_id, key)
         if existing:
             return existing
-        with self.engine.begin() as c:
+        with self.engine.begin() as c:  # a concurrent creator wins: its row is returned
             c.execute(
-                items.insert().values(
+                self._insert(items)
+                .values(
                     id=item_id_for(instance_id, key),
                     instance_id=instance_id,
                     key=key,
@@ -529,6 +670,7 @@ class StateStore:
                     chunks=0,
                     **values,
                 )
+                .on_conflict_do_nothing()  # any unique key: the item id or (instance, key)
             )
         return self.get_item_by_key(instance_id, key)  # type: ignore[return-value]
 
@@ -633,14 +775,13 @@ class StateStore:
 
     def set_schedule(self, instance_id: str, spec: str, next_run: float) -> None:
         """Create or replace an instance's schedule row."""
+        ins = self._insert(schedules).values(instance_id=instance_id, spec=spec, next_run=next_run)
         with self.engine.begin() as c:
-            res = c.execute(
-                schedules.update()
-                .where(schedules.c.instance_id == instance_id)
-                .values(spec=spec, next_run=next_run)
+            c.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["instance_id"], set_={"spec": ins.excluded.spec, "next_run": ins.excluded.next_run}
+                )
             )
-            if not res.rowcount:
-                c.execute(schedules.insert().values(instance_id=instance_id, spec=spec, next_run=next_run))
 
     def claim_schedule(self, instance_id: str, *, expected_next_run: float, next_run: float) -> bool:
         """Compare-and-set ``next_run``: True for the one process that wins a due run."""
@@ -656,13 +797,52 @@ class StateStore:
         with self.engine.begin() as c:
             c.execute(schedules.delete().where(schedules.c.instance_id == instance_id))
 
-    def claim_pending(self, *, limit: int, instance_id: str | None = None) -> list[dict[str, Any]]:
-        """Items fetched but not yet indexed (status ``fetched``), oldest first."""
-        q = select(items).where(items.c.status == "fetched")
-        if instance_id:
-            q = q.where(items.c.instance_id == instance_id)
-        with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(q.order_by(items.c.fetched_at).limit(limit))]
+    def claim_pending(
+        self, *, limit: int, claimer: str, instance_id: str | None = None, lease: float = CLAIM_LEASE_SECONDS
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` items waiting in status ``fetched`` (oldest first) for indexing.
+
+        Each item is taken by :meth:`claim_item` (compare-and-set), so indexers in several
+        processes never get the same item; candidates another indexer won are skipped and
+        more are read, so an empty result means nothing is left to claim.
+
+        Args:
+            limit: at most this many items.
+            claimer: this indexer's id (host, pid, random part).
+            instance_id: only this instance's items.
+            lease: a claim older than this many seconds (its indexer died) may be taken over.
+        """
+        won: list[dict[str, Any]] = []
+        while len(won) < limit:
+            q = select(items.c.id).where(*self._claimable(time.time() - lease))
+            if instance_id:
+                q = q.where(items.c.instance_id == instance_id)
+            with self.engine.connect() as c:
+                ids = list(c.execute(q.order_by(items.c.fetched_at, items.c.id).limit(limit - len(won))).scalars())
+            if not ids:
+                break
+            for item_id in ids:
+                item = self.claim_item(item_id, claimer, lease=lease)
+                if item is not None:
+                    won.append(item)
+        return won
+
+    @staticmethod
+    def _claimable(cutoff: float) -> tuple[Any, ...]:
+        return (items.c.status == "fetched", (items.c.claimed_by.is_(None)) | (items.c.claimed_at < cutoff))
+
+    def claim_item(self, item_id: str, claimer: str, *, lease: float = CLAIM_LEASE_SECONDS) -> dict[str, Any] | None:
+        """Claim one ``fetched`` item for indexing (UPDATE ... WHERE still claimable); None if it is not claimable."""
+        now = time.time()
+        with self.engine.begin() as c:
+            res = c.execute(
+                items.update()
+                .where(items.c.id == item_id, *self._claimable(now - lease))
+                .values(claimed_by=claimer, claimed_at=now)
+            )
+            if not res.rowcount:
+                return None
+            return _row(c.execute(select(items).where(items.c.id == item_id)).first())
 
     def count_pending(self, job_id: str) -> int:
         with self.engine.connect() as c:
@@ -731,9 +911,36 @@ class StateStore:
         with self.engine.begin() as c:
             c.execute(tokens.delete().where(tokens.c.name == name))
 
+    # --- similarity cache (rows for indexer/simcache.py) ------------------------------
+    def simcache_candidates(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """Cache entries sharing at least one LSH bucket key with ``keys``."""
+        if not keys:
+            return []
+        ids = select(simcache_buckets.c.entry_id).where(simcache_buckets.c.key.in_(list(set(keys))))
+        with self.engine.connect() as c:
+            q = select(simcache_entries).where(simcache_entries.c.id.in_(ids))
+            return [dict(r._mapping) for r in c.execute(q)]
 
-def _pg_insert(table: Table) -> Any:
-    from sqlalchemy.dialects.postgresql import insert
+    def simcache_add(self, entry: Mapping[str, Any], keys: Iterable[str]) -> int:
+        """Store a cache entry (``simcache_entries`` columns but ``id``) with its bucket keys; returns its id."""
+        with self.engine.begin() as c:
+            entry_id = int(c.execute(simcache_entries.insert().values(**entry)).inserted_primary_key[0])
+            c.execute(simcache_buckets.insert(), [{"key": k, "entry_id": entry_id} for k in set(keys)])
+        return entry_id
 
-    return insert(table)
+    def simcache_delete(self, entry_ids: Iterable[int] | None = None, *, instance_id: str | None = None) -> int:
+        """Delete cache entries by id, or all of an instance's; returns how many."""
+        cond = simcache_entries.c.id.in_(list(entry_ids)) if entry_ids is not None else None
+        if instance_id is not None:
+            cond = simcache_entries.c.instance_id == instance_id
+        if cond is None:
+            return 0
+        with self.engine.begin() as c:
+            ids = select(simcache_entries.c.id).where(cond)
+            c.execute(simcache_buckets.delete().where(simcache_buckets.c.entry_id.in_(ids)))
+            return int(c.execute(simcache_entries.delete().where(cond)).rowcount or 0)
 
+    def simcache_count(self) -> int:
+        """Number of cache entries (all instances)."""
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.count()).select_from(simcache_entries)).scalar() or 0)

@@ -1,4 +1,4 @@
-"""The ``sitesearch`` command: ``serve``, ``crawl``, ``demo``, ``token``."""
+"""The ``sitesearch`` command: ``serve``, ``crawl``, ``demo``, ``token``, ``db``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,30 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from indexer import migrations
+    from indexer.config import get_settings
+    from indexer.state import make_engine
+
+    settings = get_settings()
+    if settings.resolved_database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        head = migrations.head()
+        if args.action == "upgrade":
+            before = migrations.upgrade(engine)
+            print(f"{where}: at {head} (head)" + ("" if before == head else f", upgraded from {before or 'no revision'}"))
+        else:
+            cur = migrations.current(engine)
+            state = "up to date" if cur == head else "run `sitesearch db upgrade` (servers also upgrade on start)"
+            print(f"{where}: revision {cur or 'none'} (head {head}: {state})")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sitesearch", description="Self-hosted AI search for your website.")
     parser.add_argument("--data-dir", help="state directory (default ./data, or SITESEARCH_DATA_DIR)")
@@ -93,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", default=None, help="restrict the token to folders starting with this prefix")
     p.add_argument("--data-dir", default=argparse.SUPPRESS, help="state directory")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("db", help="state database schema: show the revision or upgrade to the newest")
+    p.add_argument("action", choices=["current", "upgrade"])
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="state directory")
+    p.set_defaults(func=cmd_db)
     return parser
 
 

@@ -7,10 +7,13 @@ scheduled one back) or, before its first job, from its creation time.
 
 ``next_run`` is stored in the ``schedules`` table, so a restart keeps the plan: a run
 that fell due while the server was down starts at the first tick after start-up
-(once, however many were missed).  Several server processes may share one database:
-a due run is claimed with a compare-and-set on ``next_run`` and the job is created
-with an insert-if-no-active-job, so a run fires once.  ``paused: true`` stops
-scheduled syncs (manual ones still work).
+(once, however many were missed).  Every API process runs a scheduler, and any number
+of them, on any number of machines, may share one database (a SQLite file, or
+PostgreSQL): a due run is claimed with a compare-and-set on ``next_run`` (one
+``UPDATE ... WHERE next_run = <the value read>``; the row lock makes the others match
+nothing) and the job is created with an insert-if-no-active-job under the instance
+row's lock, so a run fires once cluster-wide.  No schedule state lives in process
+memory.  ``paused: true`` stops scheduled syncs (manual ones still work).
 """
 
 from __future__ import annotations

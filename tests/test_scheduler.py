@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +16,14 @@ from pydantic import ValidationError
 from indexer.instance import InstanceConfig
 from indexer.state import StateStore
 from server.scheduler import Scheduler, next_run_after, schedule_spec
+from tests.databases import database_url  # noqa: F401 - fixture
 
 HOUR = 3600.0
 
 
 @pytest.fixture()
-def state(tmp_path: Path) -> StateStore:
-    return StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+def state(database_url: str) -> StateStore:  # noqa: F811 - the fixture
+    return StateStore(database_url)
 
 
 def add_instance(state: StateStore, instance_id: str = "site", **config: Any) -> dict[str, Any]:
@@ -94,13 +94,13 @@ def test_files_instances_are_not_scheduled(state: StateStore) -> None:
     assert sched.run_once() == [] and state.get_schedule("files") is None
 
 
-def test_next_run_survives_a_restart(state: StateStore, tmp_path: Path) -> None:
+def test_next_run_survives_a_restart(state: StateStore) -> None:
     row = add_instance(state, sync_schedule="30 2 * * *")
     first, _ = make(state)
     first.run_once(now=row["created_at"])
     stored = first.next_run("site")
     state.close()
-    reopened = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    reopened = StateStore(state.url)
     second, launched = make(reopened)
     assert second.next_run("site") == stored
     # the run fell due while "the server was down": it starts at the first tick, once
@@ -109,7 +109,7 @@ def test_next_run_survives_a_restart(state: StateStore, tmp_path: Path) -> None:
     assert len(launched) == 1
 
 
-def test_two_processes_do_not_double_fire(state: StateStore, tmp_path: Path) -> None:
+def test_two_processes_do_not_double_fire(state: StateStore) -> None:
     row = add_instance(state)
     due = row["created_at"] + 6 * HOUR + 1
     launched: list[dict[str, Any]] = []
@@ -119,7 +119,7 @@ def test_two_processes_do_not_double_fire(state: StateStore, tmp_path: Path) -> 
         with lock:
             launched.append(job)
 
-    schedulers = [Scheduler(StateStore(f"sqlite:///{tmp_path / 'state.db'}"), launch) for _ in range(4)]
+    schedulers = [Scheduler(StateStore(state.url), launch) for _ in range(4)]
     barrier = threading.Barrier(len(schedulers))
 
     def tick(s: Scheduler) -> None:

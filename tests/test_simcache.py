@@ -1,4 +1,5 @@
-"""Similarity cache: the seeds' threshold table, both vocabularies, 30-day expiry, invalidation."""
+"""Similarity cache: the seeds' threshold table, both vocabularies, 30-day expiry, invalidation,
+sharing between processes (in the state database: SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from indexer.simcache import API_NAMES, THRESHOLDS, TTL_SECONDS, SimilarityCache, jaccard, minhash, shingles, threshold_name
+from indexer.simcache import (
+    API_NAMES,
+    THRESHOLDS,
+    TTL_SECONDS,
+    SimilarityCache,
+    jaccard,
+    minhash,
+    shingles,
+    threshold_name,
+)
+from indexer.state import StateStore
+from tests.databases import database_url  # noqa: F401 - fixture
 
 BASE = "What’s the weather like today?"
 #: seeds' "Similarity cache" table: each threshold's example match for BASE
@@ -28,8 +40,13 @@ class Clock:
 
 
 @pytest.fixture()
-def cache(tmp_path: Path) -> SimilarityCache:
-    return SimilarityCache(tmp_path / "c.sqlite", clock=Clock())
+def state(database_url: str) -> StateStore:  # noqa: F811 - the fixture
+    return StateStore(database_url)
+
+
+@pytest.fixture()
+def cache(state: StateStore) -> SimilarityCache:
+    return SimilarityCache(state, clock=Clock())
 
 
 def fresh(_item: str) -> str | None:
@@ -39,7 +56,7 @@ def fresh(_item: str) -> str | None:
 @pytest.mark.parametrize("example", ORDER)
 @pytest.mark.parametrize("threshold", ORDER)
 def test_documented_pairs_match_at_their_threshold_and_looser_only(tmp_path: Path, example: str, threshold: str) -> None:
-    cache = SimilarityCache(tmp_path / "c.sqlite")
+    cache = SimilarityCache(StateStore(f"sqlite:///{tmp_path / 'c.sqlite'}"))
     cache.store("i", BASE, {"response": "sunny"}, signature="s", items={"doc": "h1"})
     hit = cache.lookup("i", EXAMPLES[example], signature="s", threshold=threshold, current=fresh)
     should_match = ORDER.index(threshold) >= ORDER.index(example)
@@ -68,9 +85,9 @@ def test_entries_are_scoped_by_instance_and_options(cache: SimilarityCache) -> N
     assert cache.lookup("i", BASE, signature="s", current=fresh) is not None
 
 
-def test_entries_expire_after_30_days(tmp_path: Path) -> None:
+def test_entries_expire_after_30_days(state: StateStore) -> None:
     clock = Clock()
-    cache = SimilarityCache(tmp_path / "c.sqlite", clock=clock)
+    cache = SimilarityCache(state, clock=clock)
     cache.store("i", BASE, {"r": 1}, signature="s", items={})
     clock.now += TTL_SECONDS - 60
     assert cache.lookup("i", BASE, signature="s", current=fresh) is not None
@@ -97,3 +114,25 @@ def test_minhash_estimates_jaccard() -> None:
     est = float((minhash(a) == minhash(b)).mean())
     assert abs(est - jaccard(a, b)) < 0.12
     assert (minhash(a) == minhash(a)).all()
+
+
+def test_two_processes_share_entries_through_the_database(state: StateStore) -> None:
+    # two stores = two engines, as in two API processes on one database
+    first = SimilarityCache(StateStore(state.url), clock=Clock())
+    second = SimilarityCache(StateStore(state.url), clock=Clock())
+    first.store("i", BASE, {"response": "sunny"}, signature="s", items={"doc": "h1"})
+    hit = second.lookup("i", EXAMPLES["strong"], signature="s", current=fresh)
+    assert hit is not None and hit.response == {"response": "sunny"} and hit.prompt == BASE
+    # invalidation seen by one process removes the entry for the other
+    assert second.lookup("i", BASE, signature="s", current=lambda _item: "h2") is None
+    assert first.lookup("i", BASE, signature="s", current=fresh) is None and first.count() == 0
+
+
+def test_drop_instance_and_delete_instance_clear_its_entries(state: StateStore, cache: SimilarityCache) -> None:
+    cache.store("i", BASE, {"r": 1}, signature="s", items={})
+    cache.store("j", BASE, {"r": 2}, signature="s", items={})
+    cache.drop_instance("i")
+    assert cache.lookup("i", BASE, signature="s", current=fresh) is None
+    assert cache.count() == 1
+    state.delete_instance("j")
+    assert cache.count() == 0

@@ -1,4 +1,4 @@
-"""StateStore on a real SQLite file: frontier order and keyset pages, discovery dedupe, counters, logs, tokens."""
+"""StateStore on a real SQLite file and a real PostgreSQL database: frontier order and keyset pages, discovery dedupe, counters, logs, tokens."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 import sqlalchemy.exc
 
 from indexer.state import StateStore, item_id_for
+from tests.databases import database_url  # noqa: F401 - fixture
 
 INSTANCE = "site"
 
 
 @pytest.fixture()
-def state(tmp_path: Path) -> Iterator[StateStore]:
-    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+def state(database_url: str) -> Iterator[StateStore]:  # noqa: F811 - the fixture
+    store = StateStore(database_url)
     store.create_instance(INSTANCE, "web-crawler", "http://example.test", {"id": INSTANCE})
     yield store
     store.close()

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import asdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from indexer.answer import AnswerError, GenerationConfig, Generator, extractive_answer, extractive_parts, sources_block
@@ -32,7 +31,7 @@ from indexer.rerank import RerankError, get_reranker
 from indexer.search import RetrievalOptions, SearchHit, search
 from indexer.simcache import SimilarityCache, threshold_name
 from server.auth import EditDep, Principal, RunDep
-from server.deps import AccountDep, RunnerDep, ServiceDep, StateDep, load_instance
+from server.deps import AccountDep, RunnerDep, ServiceDep, StateDep, load_instance, run_search_pool
 from server.errors import APIError, envelope
 from server.routes.jobs import start_sync
 from server.schemas import RerankingOptions, SearchRequest, hit_public, job_public
@@ -191,27 +190,22 @@ def search_result(query: str, hits: list[SearchHit]) -> dict[str, Any]:
 
 
 @router.post("/ai-search/instances/{instance_id}/search", response_model=None)
-def instance_search(
-    _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
+async def instance_search(
+    request: Request, _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str,
+    body: SearchRequest,
 ) -> Response:
-    query, hits = run_search(state, service, principal, instance_id, body)
+    # async route: the blocking part (instance lookup, embed, index queries) is one hop to the search pool
+    query, hits = await run_search_pool(request, run_search, state, service, principal, instance_id, body)
     # Already plain JSON types: serialise once with orjson instead of FastAPI's recursive encoder.
     return Response(orjson.dumps(envelope(search_result(query, hits))), media_type="application/json")
 
 
-_CACHES: dict[str, SimilarityCache] = {}
-_CACHES_LOCK = threading.Lock()
 CACHE_HEADER = "cf-aig-cache-status"
 
 
 def similarity_cache(service: Any) -> SimilarityCache:
-    """The similarity cache of this data directory (one per process)."""
-    path = service.settings.data_dir.resolve() / "simcache.sqlite"
-    with _CACHES_LOCK:
-        cache = _CACHES.get(str(path))
-        if cache is None:
-            cache = _CACHES[str(path)] = SimilarityCache(path)
-        return cache
+    """The similarity cache (in the state database: shared by every API process)."""
+    return SimilarityCache(service.state)
 
 
 def _cache_settings(config: InstanceConfig, body: SearchRequest) -> tuple[bool, str]:
@@ -303,10 +297,11 @@ def _event(payload: dict[str, Any]) -> str:
 
 # --- legacy AutoRAG aliases -----------------------------------------------------------------
 @router.post("/autorag/rags/{instance_id}/search", tags=["legacy"], response_model=None)
-def legacy_search(
-    _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str, body: SearchRequest
+async def legacy_search(
+    request: Request, _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str,
+    body: SearchRequest,
 ) -> Response:
-    return instance_search(_, principal, state, service, instance_id, body)
+    return await instance_search(request, _, principal, state, service, instance_id, body)
 
 
 @router.post("/autorag/rags/{instance_id}/ai-search", tags=["legacy"], response_model=None)

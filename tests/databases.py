@@ -1,0 +1,31 @@
+"""The state database under test: SQLite, and PostgreSQL from :mod:`tests.services`.
+
+``database_url`` is parametrised over both, so a test taking it (or a fixture built on
+it) runs once per database: ``test_x[sqlite]`` and ``test_x[postgres]``.  Each test gets
+an empty database of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.services import create_database
+
+DATABASES = ["sqlite", "postgres"]
+
+
+def new_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """An empty database of ``kind`` (``sqlite`` | ``postgres``); returns its SQLAlchemy URL."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / f'state-{uuid.uuid4().hex[:8]}.db'}"
+    server = request.getfixturevalue("postgres_url")
+    return create_database(server, f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty state database, once on SQLite and once on PostgreSQL."""
+    return new_database(request, request.param, tmp_path)
