@@ -1,21 +1,30 @@
-"""``/search`` latency at 100,000 chunks under 4 concurrent clients, against bare embed + Chroma.
+"""``/search`` latency at 100,000 chunks under concurrent clients, against bare embed + Chroma.
 
 Builds a 100,000-chunk instance from a seed index made by ``bench/retrieval.py``
 (the Python docs' real chunks and embeddings, copied under new item ids until the
 target size is reached; copies get their embedding nudged by small noise so HNSW
-sees distinct points), in both indexes (Chroma + keyword), then in the same run:
+sees distinct points), in both indexes (Chroma + keyword), then, in the same run and
+for each client count (default 1 and 4):
 
-1. baseline: this process embeds each query with the product's embedder and queries
-   Chroma directly (``collection.query``, same ``n_results``), 4 threads;
-2. server: ``sitesearch serve`` in a child process (uvicorn, real HTTP), 4 client
-   threads posting ``/search`` (vector retrieval, hybrid retrieval; no reranking).
+1. bare: this process embeds each query with the product's :class:`~indexer.embedder.Embedder`
+   (same model, same settings as the server) and queries the same Chroma collection
+   directly (``collection.query``, ``n_results=10``, documents + metadatas + distances),
+   from N threads;
+2. server: ``sitesearch serve`` in a child process (uvicorn, real HTTP) answering
+   ``POST /search`` (the instance's default retrieval, vector; top 10; no reranking)
+   to ``wrk`` with N connections (a C load generator, so the client costs the 2 cores
+   little; without ``wrk`` on PATH, N Python threads with httpx, which inflates the
+   server's figures).
 
-Reports p50/p95 per setup and the server's overhead over the baseline.
+Bare and server rounds alternate (bare, server, server, bare; the bare side reads the
+collection while the idle server owns it) and each side's p50/p95 is the median over its
+rounds, so both see the same machine load. Reports p50/p95 per setup and the server's
+p50 over the bare p50.
 
 Usage::
 
     .venv/bin/python bench/retrieval.py --work-dir /tmp/ret-bench    # once, makes the seed
-    .venv/bin/python bench/search_load.py --seed /tmp/ret-bench/data
+    .venv/bin/python bench/search_load.py --seed /tmp/ret-bench/data --work-dir /tmp/load-bench
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,33 +98,43 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return s[len(s) // 2], s[min(len(s) - 1, int(len(s) * 0.95))]
 
 
-def run_clients(fn: Any, queries: list[str], clients: int) -> tuple[list[float], float]:
-    """Run ``fn(query)`` over ``queries`` with ``clients`` threads; per-call ms and wall seconds."""
-    def timed(q: str) -> float:
-        t = time.perf_counter()
-        fn(q)
-        return (time.perf_counter() - t) * 1000
+def run_for(fn: Any, queries: list[str], clients: int, seconds: float) -> list[float]:
+    """Call ``fn(query)`` from ``clients`` threads for ``seconds``; per-call ms."""
+    deadline = time.perf_counter() + seconds
 
-    t0 = time.perf_counter()
+    def worker(k: int) -> list[float]:
+        out, i = [], k
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            fn(queries[i % len(queries)])
+            out.append((time.perf_counter() - t) * 1000)
+            i += clients
+        return out
+
     with cf.ThreadPoolExecutor(clients) as pool:
-        ms = list(pool.map(timed, queries))
-    return ms, time.perf_counter() - t0
+        return [ms for part in pool.map(worker, range(clients)) for ms in part]
 
 
-def baseline(store: Any, settings: Any, model_dir: Path, queries: list[str], clients: int, n: int) -> list[float]:
-    """Bare embed + Chroma query, the floor the server is compared with."""
-    from indexer.embedder import load_embedder
+class Bare:
+    """Embed + Chroma query in this process: the floor the server is compared with."""
 
-    embedder = load_embedder(model_dir, settings.models_dir, threads=settings.embed_threads)
-    col = store._collection(INSTANCE)  # bench-only: the raw Chroma collection
+    def __init__(self, settings: Any, model_dir: Path) -> None:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
 
-    def one(q: str) -> None:
-        col.query(query_embeddings=np.asarray([embedder.embed_query(q)], np.float32), n_results=n,
-                  include=["documents", "metadatas", "distances"])
+        from indexer.embedder import load_embedder
+        from indexer.vectorstore import collection_name
 
-    run_clients(one, queries[:20], clients)  # warm-up
-    ms, _ = run_clients(one, queries, clients)
-    return ms
+        # the server's embedder settings (IndexService): same threads, same query path
+        self.embedder = load_embedder(model_dir, settings.models_dir, threads=settings.embed_threads,
+                                      batch_size=settings.embed_batch_size)
+        client = chromadb.PersistentClient(path=str(settings.chroma_dir),
+                                           settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        self.col = client.get_collection(collection_name(INSTANCE))
+
+    def __call__(self, q: str) -> None:
+        self.col.query(query_embeddings=np.asarray([self.embedder.embed_query(q)], np.float32), n_results=10,
+                       include=["documents", "metadatas", "distances"])
 
 
 def serve(settings: Any, model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -139,55 +159,113 @@ def serve(settings: Any, model_dir: Path) -> tuple[subprocess.Popen[bytes], str]
     raise SystemExit("server did not start")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=Path, required=True, help="data dir of a bench/retrieval.py run")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep the 100k-chunk data dir here")
-    parser.add_argument("--chunks", type=int, default=100_000)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--queries", type=int, default=400)
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-    args = parser.parse_args(argv)
+SEARCH_PATH = f"/client/v4/accounts/local/ai-search/instances/{INSTANCE}/search"
+WRK_SCRIPT = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer %s"}, bodies[(i %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  io.write(string.format('WRK {"p50": %%f, "p95": %%f, "n": %%d, "errors": %%d}\\n',
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_round(url: str, script: Path, clients: int, seconds: float) -> tuple[float, float, int]:
+    """``wrk`` with ``clients`` connections for ``seconds``: p50 ms, p95 ms, requests."""
+    out = subprocess.run(["wrk", "-t", str(clients), "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "10s",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    res = json.loads(out[out.index("WRK ") + 4:].splitlines()[0])
+    if res["errors"]:
+        raise SystemExit(f"wrk saw {res['errors']} errors:\n{out}")
+    return res["p50"], res["p95"], res["n"]
+
+
+def http_round(url: str, queries: list[str], clients: int, seconds: float) -> tuple[float, float, int]:
+    """The same with Python threads (httpx), when ``wrk`` is not installed."""
+    import threading
 
     import httpx
 
+    local = threading.local()
+
+    def one(q: str) -> None:
+        if not hasattr(local, "c"):
+            local.c = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        local.c.post(SEARCH_PATH, json={"query": q}).raise_for_status()
+
+    ms = run_for(one, queries, clients, seconds)
+    return *percentiles(ms), len(ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=Path, required=True, help="data dir of a bench/retrieval.py run")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep (and reuse) the 100k-chunk data dir here")
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--clients", default="1,4", help="comma-separated client counts")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured round")
+    parser.add_argument("--rounds", type=int, default=2, help="bare/server pairs per client count (ABBA order)")
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+    args = parser.parse_args(argv)
+
     model_dir = ensure_model(args.models_dir)
     questions = [r["nl"] for r in json.loads(QUESTIONS.read_text())]
-    queries = [questions[i % len(questions)] + ("" if i < len(questions) else f" ({i})") for i in range(args.queries)]
+    client_counts = [int(c) for c in args.clients.split(",")]
+    use_wrk = shutil.which("wrk") is not None
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         work = args.work_dir or Path(tmp)
         settings = bench_settings(work / "data", model_dir, api_token=TOKEN)
         t = time.monotonic()
         store = build(args.seed, settings, args.chunks)
         total = store.count(INSTANCE)
-        build_s = time.monotonic() - t
-        print(f"instance holds {total} chunks (built in {build_s:.0f} s); baseline ...", file=sys.stderr)
-        base_ms = baseline(store, settings, model_dir, queries, args.clients, 10)
+        print(f"instance holds {total} chunks (built or reused in {time.monotonic() - t:.0f} s)", file=sys.stderr)
         from chromadb.api.shared_system_client import SharedSystemClient
 
         del store
         SharedSystemClient.clear_system_cache()  # let the server process own the store
+        script = Path(tmp) / "queries.lua"
+        bodies = ",\n".join(f"[==[{json.dumps({'query': q})}]==]" for q in questions)
+        script.write_text(WRK_SCRIPT % (bodies, SEARCH_PATH, TOKEN))
         proc, url = serve(settings, model_dir)
-        rows = [["bare embed + Chroma query", *percentiles(base_ms), None, None]]
+        rows: list[list[Any]] = []
         try:
-            client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-            for label, rtype in (("/search vector", "vector"), ("/search hybrid", "hybrid")):
-                def one(q: str, rtype: str = rtype) -> None:
-                    r = client.post(f"/client/v4/accounts/local/ai-search/instances/{INSTANCE}/search",
-                                    json={"query": q, "ai_search_options": {"retrieval": {"retrieval_type": rtype}}})
-                    r.raise_for_status()
-
-                run_clients(one, queries[:20], args.clients)
-                ms, wall = run_clients(one, queries, args.clients)
-                p50, p95 = percentiles(ms)
-                rows.append([label, p50, p95, p50 / rows[0][1] - 1, len(queries) / wall])
+            bare = Bare(settings, model_dir)
+            run_for(bare, questions, 2, 3)  # warm-up: model, HNSW pages
+            (wrk_round(url, script, 2, 3) if use_wrk else http_round(url, questions, 2, 3))
+            for clients in client_counts:
+                b_runs: list[tuple[float, float, int]] = []
+                s_runs: list[tuple[float, float, int]] = []
+                for r in range(args.rounds):
+                    for side in ("bare", "server") if r % 2 == 0 else ("server", "bare"):
+                        if side == "bare":
+                            ms = run_for(bare, questions, clients, args.seconds)
+                            b_runs.append((*percentiles(ms), len(ms)))
+                        elif use_wrk:
+                            s_runs.append(wrk_round(url, script, clients, args.seconds))
+                        else:
+                            s_runs.append(http_round(url, questions, clients, args.seconds))
+                        print(f"  {clients} clients {side}: {(b_runs if side == 'bare' else s_runs)[-1]}", file=sys.stderr)
+                b50, b95 = (statistics.median(x[i] for x in b_runs) for i in (0, 1))
+                s50, s95 = (statistics.median(x[i] for x in s_runs) for i in (0, 1))
+                qps_b = sum(x[2] for x in b_runs) / (args.seconds * len(b_runs))
+                qps_s = sum(x[2] for x in s_runs) / (args.seconds * len(s_runs))
+                rows.append([clients, "bare embed + Chroma query", b50, b95, None, qps_b])
+                rows.append([clients, "/search (HTTP)" + ("" if use_wrk else ", httpx client"), s50, s95,
+                             s50 / b50, qps_s])
         finally:
             proc.terminate()
             proc.wait(30)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{total} chunks, {args.clients} concurrent clients, {len(queries)} queries each setup, top 10, no reranking")
-    print(format_table(["setup", "p50 ms", "p95 ms", "p50 overhead", "queries/s"], rows))
+    print(f"{total} chunks; top 10, vector retrieval, no reranking; {args.rounds} rounds x {args.seconds:g} s per "
+          f"setup (median of rounds); load generator: {'wrk' if use_wrk else 'httpx threads'}")
+    print(format_table(["clients", "setup", "p50 ms", "p95 ms", "p50 / bare", "queries/s"], rows))
     return 0
 
 

@@ -6,6 +6,11 @@ write; with the embedded store only the process holding its lock may (see
 lock, so a crawl it starts leaves pages ``fetched`` and the server's index worker
 embeds them; a standalone ``scrapy crawl`` takes the lock and indexes itself.
 
+Distributed crawls (``SITESEARCH_REDIS_URL``): with a Chroma server every worker
+indexes the pages it fetched, from its own raw store.  With the embedded store
+(workers on one machine sharing a data directory) the worker holding the lock
+indexes its pages as it goes and, when the job has drained, the rest.
+
 Indexing runs on one worker thread so embeddings never compete with each other
 for the CPU, and the spider awaits it, which throttles fetching to indexing speed.
 """
@@ -44,7 +49,14 @@ class IndexingExtension:
     def spider_opened(self, spider: Any) -> None:
         if getattr(spider, "name", None) != "site":
             return
-        service = IndexService.try_open(get_settings(), state=spider.state)
+        settings = get_settings()
+        if settings.redis_url and not settings.chroma_url:
+            spider.log_job(
+                "distributed crawl with the embedded vector store: only workers sharing this data directory "
+                "can be indexed; use a Chroma server (SITESEARCH_CHROMA_URL) for workers on several machines",
+                level="warning",
+            )
+        service = IndexService.try_open(settings, state=spider.state)
         if service is None:
             spider.log_job("the API server owns the index: it will index the fetched pages")
             return

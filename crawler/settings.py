@@ -42,6 +42,13 @@ COMPRESSION_ENABLED = True
 SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
 SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 
+# --- scale-out (docs/scale-out.md): with SITESEARCH_REDIS_URL, workers share one frontier per job ---
+REDIS_URL = _s.redis_url  # also read by crawler/downloader.py for the cluster-wide per-host budget
+if REDIS_URL:
+    SCHEDULER = "crawler.scheduler.SharedScheduler"
+SHARED_FRONTIER_HEARTBEAT_TTL = 30  # seconds without a heartbeat before a worker's pages go back to the queue
+SHARED_FRONTIER_LEADER_TTL = 60  # seconds without a refresh before another worker may take the lead
+
 # --- services we do not want inside a crawler ----------------------------------------------
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False

@@ -15,6 +15,10 @@ so both indexes apply one compiled filter identically.
 
 Writes happen in the process that owns the vector store (:class:`indexer.vectorstore.VectorStore`
 mirrors every replace/delete here); other processes only read.
+
+With a PostgreSQL state database the keyword index lives there instead
+(:mod:`indexer.keyword_pg`, same interface), so API processes on several machines
+share it; :func:`open_keyword_index` is the one place that chooses.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from indexer.config import Settings
+    from indexer.keyword_pg import PgKeywordIndex
 
 logger = logging.getLogger(__name__)
 
@@ -98,55 +108,103 @@ def match_expression(terms: Sequence[str], mode: str = "or") -> str:
     return f" {mode.upper()} ".join(quoted)
 
 
-def where_to_sql(where: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    """Translate a Chroma ``where`` (as compiled by :mod:`indexer.metafilter`) to SQL over ``chunks``.
+def where_to_sql(where: Mapping[str, Any] | None, *, dialect: str = "sqlite") -> tuple[str, list[Any]]:
+    """Translate a Chroma ``where`` (as compiled by :mod:`indexer.metafilter`) to SQL over ``chunks`` (alias ``c``).
+
+    One translation for both keyword backends, so they filter identically: on SQLite
+    a key is read with ``json_extract(c.meta, ...)``; on PostgreSQL (``meta`` is
+    ``jsonb``) with ``c.meta ->> 'key'`` cast to the type of the compared value, and
+    only where the stored JSON value has that type (Chroma's rule: ``5`` never equals
+    ``"5"``).  Placeholders are ``?`` (sqlite3) or ``%s`` (psycopg).
 
     Args:
         where: ``{key: {"$op": value}}``, ``{key: value}`` or ``{"$and"|"$or": [...]}``.
+        dialect: ``sqlite`` or ``postgresql``.
 
     Returns:
-        ``(sql, params)``; ``("1", [])`` for no restriction.
+        ``(sql, params)``; ``("1", [])`` on SQLite and ``("TRUE", [])`` on PostgreSQL for no restriction.
 
     Raises:
         KeywordQueryError: an operator or key this translation does not know.
     """
+    sql_dialect = _PG if dialect == "postgresql" else _SQLITE
     if not where:
-        return "1", []
+        return sql_dialect.true, []
     params: list[Any] = []
-    return _clause(where, params), params
+    return _clause(where, params, sql_dialect), params
 
 
-def _clause(where: Mapping[str, Any], params: list[Any]) -> str:
+@dataclass(frozen=True, slots=True)
+class _SqlDialect:
+    true: str
+    mark: str
+    postgres: bool
+
+
+_SQLITE = _SqlDialect(true="1", mark="?", postgres=False)
+_PG = _SqlDialect(true="TRUE", mark="%s", postgres=True)
+
+
+def _clause(where: Mapping[str, Any], params: list[Any], d: _SqlDialect) -> str:
     parts = []
     for key, cond in where.items():
         if key in ("$and", "$or"):
-            subs = [_clause(c, params) for c in cond]
-            parts.append("(" + f" {key[1:].upper()} ".join(subs or ["1"]) + ")")
+            subs = [_clause(c, params, d) for c in cond]
+            parts.append("(" + f" {key[1:].upper()} ".join(subs or [d.true]) + ")")
             continue
         if not _KEY.match(key):
             raise KeywordQueryError(f"filters.key: cannot filter on {key!r}")
-        col = f"json_extract(c.meta, '$.{key}')"
         if not isinstance(cond, Mapping):
             cond = {"$eq": cond}
         for op, value in cond.items():
-            parts.append(_comparison(col, op, value, params))
-    return "(" + " AND ".join(parts or ["1"]) + ")"
+            parts.append(_comparison(key, op, value, params, d))
+    return "(" + " AND ".join(parts or [d.true]) + ")"
 
 
-def _comparison(col: str, op: str, value: Any, params: list[Any]) -> str:
+def _pg_typed(key: str, value: Any) -> tuple[str, str]:
+    """``(guard, expression)``: the key's JSON value as the SQL type of ``value``, and the type test.
+
+    Used as ``CASE WHEN guard THEN expression ... END``: only CASE guarantees the cast
+    is not evaluated on a value of another type (``AND`` does not short-circuit in SQL).
+    """
+    if isinstance(value, bool):
+        return f"jsonb_typeof(c.meta -> '{key}') = 'boolean'", f"(c.meta ->> '{key}')::boolean"
+    if isinstance(value, int | float):
+        return f"jsonb_typeof(c.meta -> '{key}') = 'number'", f"(c.meta ->> '{key}')::double precision"
+    if isinstance(value, str):
+        return f"jsonb_typeof(c.meta -> '{key}') = 'string'", f"(c.meta ->> '{key}') COLLATE \"C\""
+    raise KeywordQueryError(f"filters.value: unsupported value {value!r}")
+
+
+def _comparison(key: str, op: str, value: Any, params: list[Any], d: _SqlDialect) -> str:
     sql_ops = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-    if op in sql_ops:
-        params.append(value)
-        return f"{col} {sql_ops[op]} ?"
-    if op == "$ne":  # Chroma: a chunk without the key also matches $ne
-        params.append(value)
-        return f"({col} IS NULL OR {col} != ?)"
-    if op in ("$in", "$nin"):
+    if op not in (*sql_ops, "$ne", "$in", "$nin"):
+        raise KeywordQueryError(f"filters.type: unsupported operator {op!r}")
+    if not d.postgres:
+        col = f"json_extract(c.meta, '$.{key}')"
+        if op in sql_ops:
+            params.append(value)
+            return f"{col} {sql_ops[op]} ?"
+        if op == "$ne":  # Chroma: a chunk without the key also matches $ne
+            params.append(value)
+            return f"({col} IS NULL OR {col} != ?)"
         values = list(value)
         params.extend(values)
         marks = ",".join("?" * len(values)) or "NULL"
         return f"{col} IN ({marks})" if op == "$in" else f"({col} IS NULL OR {col} NOT IN ({marks}))"
-    raise KeywordQueryError(f"filters.type: unsupported operator {op!r}")
+    # PostgreSQL: each value compared only with stored values of its own JSON type
+    if op in sql_ops or op == "$ne":
+        guard, col = _pg_typed(key, value)
+        params.append(value)
+        test = f"(CASE WHEN {guard} THEN {col} {sql_ops.get(op, '=')} %s ELSE FALSE END)"
+        return test if op != "$ne" else f"NOT {test}"
+    tests = []
+    for v in value:
+        guard, col = _pg_typed(key, v)
+        params.append(v)
+        tests.append(f"(CASE WHEN {guard} THEN {col} = %s ELSE FALSE END)")
+    any_of = "(" + " OR ".join(tests or ["FALSE"]) + ")"
+    return any_of if op == "$in" else f"NOT {any_of}"
 
 
 class KeywordIndex:
@@ -347,3 +405,26 @@ class KeywordIndex:
         except sqlite3.OperationalError as exc:
             logger.warning("keyword scoring failed: %s", exc)
             return {}
+
+
+def open_keyword_index(settings: Settings, engine: Engine | None = None) -> KeywordIndex | PgKeywordIndex:
+    """The keyword index for these settings: in PostgreSQL when the state database is PostgreSQL,
+    else SQLite FTS5 files under the data directory.
+
+    Args:
+        settings: service settings (``resolved_database_url``, ``keyword_dir``).
+        engine: the state database's engine to share (PostgreSQL); one is created (and the
+            schema migrated) if omitted.
+    """
+    url = settings.resolved_database_url
+    if not url.startswith("postgresql"):
+        return KeywordIndex(settings.keyword_dir)
+    from indexer.keyword_pg import PgKeywordIndex
+
+    if engine is None:
+        from indexer import migrations
+        from indexer.state import make_engine
+
+        engine = make_engine(url)
+        migrations.upgrade(engine)
+    return PgKeywordIndex(engine)

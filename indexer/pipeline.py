@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +33,8 @@ GONE_STATUSES = (404, 410)
 TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
 EMBEDDING_TEXT_VERSION = 2  # bump when what the model sees changes: pages are then re-embedded
 TITLE_HEADER = "x-sitesearch-title"  # set on stored uploads by server/routes/items.py
-FAST_EXTRACT_BYTES = 1024 * 1024  # above this, trafilatura runs without its slow fallbacks
+FAST_EXTRACT_BYTES = 1024 * 1024
+RELEASE_CLAIM = {"claimed_by": None, "claimed_at": None}  # above this, trafilatura runs without its slow fallbacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +65,26 @@ class Indexer:
         self.vectors = vectors
         self.embedder = embedder
         self.raw = raw
+        #: who claims items (API processes and crawler workers may share one Chroma server and database)
+        self.claimer = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def process_pending(self, *, limit: int = 16) -> int:
-        """Index up to ``limit`` items waiting in status ``fetched``; returns how many were processed."""
-        batch = self.state.claim_pending(limit=limit)
+        """Claim and index up to ``limit`` items waiting in status ``fetched``; returns how many were processed.
+
+        0 means nothing is left to claim (items other indexers hold are not counted).
+        """
+        batch = self.state.claim_pending(limit=limit, claimer=self.claimer)
         for item in batch:
             self.index_item(item)
         return len(batch)
 
+    def claim(self, item_id: str) -> dict[str, Any] | None:
+        """Claim one fetched item for this indexer; None if it is not ``fetched`` or another indexer holds it."""
+        return self.state.claim_item(item_id, self.claimer)
+
     def index_item(self, item: dict[str, Any]) -> IndexOutcome:
-        """Index one fetched item and record the outcome (never raises on bad content)."""
+        """Index one fetched item (claimed by :meth:`claim` or :meth:`process_pending`) and record the
+        outcome, releasing the claim (never raises on bad content)."""
         job_id = item.get("pending_job")
         try:
             outcome = self._index(item)
@@ -173,23 +187,23 @@ class Indexer:
         now = time.time()
         if outcome.status == "indexed":
             self.state.update_item(
-                item["id"], status="indexed", chunks=outcome.chunks, indexed_at=now, error=None, pending_job=None
+                item["id"], status="indexed", chunks=outcome.chunks, indexed_at=now, error=None, pending_job=None, **RELEASE_CLAIM
             )
             self.state.incr_job(job_id, indexed=1)
         elif outcome.status == "unchanged":
-            self.state.update_item(item["id"], status="indexed", error=None, pending_job=None)
+            self.state.update_item(item["id"], status="indexed", error=None, pending_job=None, **RELEASE_CLAIM)
             self.state.incr_job(job_id, unchanged=1)
         elif outcome.status == "deleted":
             self.state.update_item(
-                item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None, delete_reason=None
+                item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None, **RELEASE_CLAIM, delete_reason=None
             )
             self.state.incr_job(job_id, deleted=1)
         elif outcome.status == "skipped":
             self.vectors.delete_item(item["instance_id"], item["id"])
-            self.state.update_item(item["id"], status="skipped", chunks=0, error=outcome.message, pending_job=None)
+            self.state.update_item(item["id"], status="skipped", chunks=0, error=outcome.message, pending_job=None, **RELEASE_CLAIM)
             self.state.incr_job(job_id, skipped=1)
         else:
-            self.state.update_item(item["id"], status="error", error=outcome.message, pending_job=None)
+            self.state.update_item(item["id"], status="error", error=outcome.message, pending_job=None, **RELEASE_CLAIM)
             self.state.incr_job(job_id, errors=1)
         if outcome.message:
             level = "error" if outcome.status == "error" else "info"

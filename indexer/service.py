@@ -14,6 +14,7 @@ from typing import Any
 from indexer.config import Settings
 from indexer.embedder import Embedder, load_embedder
 from indexer.errors import IndexerError
+from indexer.keyword import open_keyword_index
 from indexer.pipeline import Indexer, IndexOutcome
 from indexer.rawstore import RawStore
 from indexer.state import StateStore
@@ -46,7 +47,7 @@ class IndexService:
             threads=settings.embed_threads,
             batch_size=settings.embed_batch_size,
         )
-        self.vectors = VectorStore(settings)
+        self.vectors = VectorStore(settings, keywords=open_keyword_index(settings, self.state.engine))
         self.indexer = Indexer(settings, self.state, self.vectors, self.embedder, self.raw)
         self._backfill_keywords()
 
@@ -93,9 +94,9 @@ class IndexService:
 
     # --- indexing ------------------------------------------------------------------
     def index_item_id(self, item_id: str) -> IndexOutcome | None:
-        """Index one item by id (the crawler calls this from its indexing thread)."""
-        item = self.state.get_item_by_id(item_id)
-        if item is None or item["status"] != "fetched":
+        """Claim and index one item by id (the crawler calls this from its indexing thread)."""
+        item = self.indexer.claim(item_id)  # None: not fetched, or another process is indexing it
+        if item is None:
             return None
         return self.indexer.index_item(item)
 

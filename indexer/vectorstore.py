@@ -8,24 +8,53 @@ a second process's writes are not seen by the first one's queries.  So exactly
 one process at a time owns an embedded store, marked by an exclusive lock file
 (:func:`try_own_embedded_store`); a crawler that cannot get it leaves pages
 ``fetched`` and the owner (the API server) indexes them.
+
+With a Chroma server there is no owner: every API process and crawler worker
+writes, each page claimed first (:meth:`indexer.state.StateStore.claim_pending`).
+A server that is down raises :class:`StoreUnavailableError` (the API answers 503).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from indexer.config import Settings
-from indexer.keyword import KeywordIndex
+from indexer.errors import IndexerError
+from indexer.keyword import KeywordIndex, open_keyword_index
+from indexer.keyword_pg import PgKeywordIndex
 
 logger = logging.getLogger(__name__)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class StoreUnavailableError(IndexerError):
+    """The Chroma server cannot be reached (the API answers 503)."""
+
+
+def _server_errors(method: _F) -> _F:
+    """Turn a Chroma server that is down or unreachable into :class:`StoreUnavailableError`."""
+    import httpx
+
+    @functools.wraps(method)
+    def wrapper(self: VectorStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except httpx.TransportError as exc:
+            logger.error("Chroma server %s unreachable: %s", self.url, exc)
+            raise StoreUnavailableError(f"the vector store at {self.url} is unreachable") from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +106,15 @@ class VectorStore:
 
     Args:
         settings: where the store lives (embedded path or server URL).
+        keywords: the keyword index to mirror writes into (default: :func:`indexer.keyword.open_keyword_index`).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, keywords: KeywordIndex | PgKeywordIndex | None = None) -> None:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+        self.url = settings.chroma_url or str(settings.chroma_dir)
         if settings.chroma_url:
             parts = urlsplit(settings.chroma_url)
             self.client = chromadb.HttpClient(
@@ -97,19 +128,23 @@ class VectorStore:
             self.client = chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
         self._collections: dict[str, Any] = {}
         #: the keyword (BM25) index; every write here is mirrored there, so both hold the same chunks
-        self.keywords = KeywordIndex(settings.keyword_dir)
+        self.keywords = keywords if keywords is not None else open_keyword_index(settings)
 
     def _collection(self, instance_id: str) -> Any:
         col = self._collections.get(instance_id)
         if col is None:
-            col = self.client.get_or_create_collection(
-                collection_name(instance_id),
-                embedding_function=None,
-                metadata={"hnsw:space": "cosine"},
-            )
+            name = collection_name(instance_id)
+            try:
+                col = self.client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
+            except httpx_transport_errors():
+                raise
+            except Exception as exc:  # two processes creating it at once: the loser finds it created
+                logger.info("collection %s: %s; reading the one another process created", name, exc)
+                col = self.client.get_collection(name, embedding_function=None)
             self._collections[instance_id] = col
         return col
 
+    @_server_errors
     def replace_item(
         self,
         instance_id: str,
@@ -133,6 +168,7 @@ class VectorStore:
             )
         self.keywords.replace_item(instance_id, item_id, ids, texts, metadatas, tokenizer=keyword_tokenizer)
 
+    @_server_errors
     def delete_item(self, instance_id: str, item_id: str) -> None:
         """Remove every chunk of an item (vectors and keyword rows)."""
         self._collection(instance_id).delete(where={"item_id": item_id})
@@ -147,9 +183,11 @@ class VectorStore:
         except Exception:  # missing collection: nothing to drop
             logger.debug("no collection for %s", instance_id)
 
+    @_server_errors
     def count(self, instance_id: str) -> int:
         return int(self._collection(instance_id).count())
 
+    @_server_errors
     def query(
         self, instance_id: str, vector: np.ndarray, *, n: int, where: Mapping[str, Any] | None = None
     ) -> list[ChunkHit]:
@@ -170,6 +208,7 @@ class VectorStore:
         return hits
 
 
+    @_server_errors
     def backfill_keywords(self, instance_id: str, *, batch: int = 1000) -> int:
         """Fill an empty keyword index from the vector store's chunks (for data indexed before it existed).
 
@@ -198,12 +237,20 @@ class VectorStore:
             logger.info("keyword index %s: backfilled %d chunks from the vector store", instance_id, offset)
         return offset
 
+    @_server_errors
     def embeddings(self, instance_id: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored embeddings of the given chunks (missing ids are left out)."""
         if not chunk_ids:
             return {}
         res = self._collection(instance_id).get(ids=list(chunk_ids), include=["embeddings"])
         return {cid: np.asarray(emb, dtype=np.float32) for cid, emb in zip(res["ids"], res["embeddings"], strict=True)}
+
+
+def httpx_transport_errors() -> type[Exception]:
+    """The exception class of a Chroma server that is down (httpx, which chromadb's client uses)."""
+    import httpx
+
+    return httpx.TransportError
 
 
 def folder_for_url(url: str) -> str:

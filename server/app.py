@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +16,8 @@ from indexer.config import Settings, get_settings
 from indexer.service import IndexService, describe
 from indexer.state import StateStore
 from server.auth import ensure_bootstrap_token
-from server.errors import install_error_handlers
+from indexer.vectorstore import StoreUnavailableError
+from server.errors import CODE_INTERNAL, error_response, install_error_handlers
 from server.jobs import IndexWorker, JobRunner
 from server.scheduler import Scheduler
 from server.mcp_server import mount_mcp
@@ -50,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.state = state
         app.state.service = service
         app.state.runner = runner
+        app.state.search_pool = ThreadPoolExecutor(  # see server.deps.run_search_pool
+            settings.search_threads or os.cpu_count() or 1, thread_name_prefix="sitesearch-search"
+        )
         scheduler = Scheduler(state, runner.launch)
         app.state.scheduler = scheduler
         runner.start()
@@ -63,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             scheduler.stop()
             runner.stop()
             worker.stop()
+            app.state.search_pool.shutdown(wait=True)
             service.close()
             state.close()
 
@@ -73,6 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _store_unavailable(_: Any, exc: StoreUnavailableError) -> Any:  # Chroma server down: retry later
+        return error_response(503, str(exc), code=CODE_INTERNAL, headers={"Retry-After": "5"})
+
     app.include_router(instances.router)
     app.include_router(jobs.router)
     app.include_router(items.router)

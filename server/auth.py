@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from indexer.config import Settings
 from indexer.state import StateStore
@@ -68,8 +69,8 @@ def ensure_bootstrap_token(settings: Settings, state: StateStore) -> str | None:
     return secret
 
 
-def authenticate(settings: Settings, state: StateStore, authorization: str | None) -> Principal:
-    """Resolve an ``Authorization`` header to a principal (401 missing, 403 wrong)."""
+def _bearer_secret(authorization: str | None) -> str:
+    """The token of a ``Bearer`` header (401 when missing or malformed)."""
     if not authorization:
         raise APIError(401, "missing Authorization header: send 'Authorization: Bearer <token>'",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -77,20 +78,45 @@ def authenticate(settings: Settings, state: StateStore, authorization: str | Non
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise APIError(401, "Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+    return secret
+
+
+def _env_principal(settings: Settings, secret: str) -> Principal | None:
     if settings.api_token and hmac.compare_digest(secret.encode(), settings.api_token.encode()):
         return Principal("env", "SITESEARCH_API_TOKEN", frozenset(PERMISSIONS))
-    row = state.token_by_hash(hash_secret(secret))
+    return None
+
+
+def _stored_principal(row: dict | None) -> Principal:
     if row is None:
         raise APIError(403, "invalid API token")
     return Principal(row["id"], row["name"], frozenset(row["permissions"]), row.get("folder_prefix"))
 
 
+def authenticate(settings: Settings, state: StateStore, authorization: str | None) -> Principal:
+    """Resolve an ``Authorization`` header to a principal (401 missing, 403 wrong)."""
+    secret = _bearer_secret(authorization)
+    return _env_principal(settings, secret) or _stored_principal(state.token_by_hash(hash_secret(secret)))
+
+
+async def authenticate_request(request: Request) -> Principal:
+    """:func:`authenticate` for a request; only the stored-token lookup leaves the event loop.
+
+    Tokens are looked up on every request (no cache), so a revoked token fails at once.
+    """
+    app_state = request.app.state
+    secret = _bearer_secret(request.headers.get("authorization"))
+    principal = _env_principal(app_state.settings, secret)
+    if principal is None:
+        principal = _stored_principal(await run_in_threadpool(app_state.state.token_by_hash, hash_secret(secret)))
+    return principal
+
+
 def require(permission: str):  # noqa: ANN201 - a FastAPI dependency factory
     """Dependency: the caller must hold ``permission`` (403 names it otherwise)."""
 
-    def dependency(request: Request) -> Principal:
-        app_state = request.app.state
-        principal = authenticate(app_state.settings, app_state.state, request.headers.get("authorization"))
+    async def dependency(request: Request) -> Principal:
+        principal = await authenticate_request(request)
         if permission not in principal.permissions:
             raise APIError(403, f"this token lacks the '{permission}' permission")
         if permission == EDIT and principal.folder_prefix and not tenant_may_edit(request.url.path):
@@ -116,9 +142,9 @@ def tenant_may_edit(path: str) -> bool:
     return len(parts) > 8 and parts[5] == "ai-search" and parts[6] == "instances" and parts[8] == "items"
 
 
-def require_unrestricted_read(request: Request) -> Principal:
+async def require_unrestricted_read(request: Request) -> Principal:
     """Dependency: Read, from a token not restricted to a folder (job logs list every crawled URL)."""
-    principal = require(READ)(request)
+    principal = await require(READ)(request)
     if principal.folder_prefix:
         raise APIError(403, "a folder-restricted token cannot read sync jobs: their logs cover every folder")
     return principal

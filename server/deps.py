@@ -1,8 +1,15 @@
-"""FastAPI dependencies: settings, stores, the account check and instance lookup."""
+"""FastAPI dependencies: settings, stores, the account check and instance lookup.
+
+The dependencies here do no I/O and are ``async def``: FastAPI runs a plain ``def``
+dependency in its thread pool, one thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Request
 
@@ -14,19 +21,22 @@ from server.errors import APIError
 from server.jobs import JobRunner
 
 
-def get_settings(request: Request) -> Settings:
+T = TypeVar("T")
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_state(request: Request) -> StateStore:
+async def get_state(request: Request) -> StateStore:
     return request.app.state.state
 
 
-def get_service(request: Request) -> IndexService:
+async def get_service(request: Request) -> IndexService:
     return request.app.state.service
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
@@ -36,7 +46,7 @@ ServiceDep = Annotated[IndexService, Depends(get_service)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 
 
-def check_account(settings: SettingsDep, account_id: Annotated[str, Path()]) -> str:
+async def check_account(settings: SettingsDep, account_id: Annotated[str, Path()]) -> str:
     """Only the configured account id exists (404 otherwise)."""
     if account_id != settings.account_id:
         raise APIError(404, f"account {account_id!r} not found")
@@ -46,9 +56,37 @@ def check_account(settings: SettingsDep, account_id: Annotated[str, Path()]) -> 
 AccountDep = Annotated[str, Depends(check_account)]
 
 
+async def run_search_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``fn(*args)`` (embed + index queries) on the app's search pool.
+
+    A small pool sized to the cores (``Settings.search_threads``) rather than the
+    40-thread default pool: concurrent searches then queue instead of oversubscribing
+    the CPU, and one thread hop serves the whole request.
+    """
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.search_pool, lambda: fn(*args))
+
+
+_CONFIGS: dict[str, tuple[dict[str, Any], InstanceConfig]] = {}  # instance id -> (stored config, validated)
+_CONFIGS_LOCK = threading.Lock()
+
+
 def load_instance(state: StateStore, instance_id: str) -> tuple[dict[str, Any], InstanceConfig]:
-    """The instance row and its typed config, or a 404."""
+    """The instance row and its typed config, or a 404.
+
+    The validated config is reused while the stored config is equal to the one it was
+    built from (compared by value, so any update or re-creation revalidates).
+    Callers must treat it as read-only.
+    """
     row = state.get_instance(instance_id)
     if row is None:
         raise APIError(404, f"instance {instance_id!r} not found")
-    return row, InstanceConfig.model_validate({**row["config"], "id": row["id"]})
+    raw = {**row["config"], "id": row["id"]}
+    cached = _CONFIGS.get(instance_id)
+    if cached is not None and cached[0] == raw:
+        return row, cached[1]
+    config = InstanceConfig.model_validate(raw)
+    with _CONFIGS_LOCK:
+        if len(_CONFIGS) > 10_000:
+            _CONFIGS.clear()
+        _CONFIGS[instance_id] = (raw, config)
+    return row, config

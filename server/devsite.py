@@ -74,6 +74,8 @@ class DevSite:
         self.gone = set(gone or ())
         self.delay = delay
         self.requests: list[LoggedRequest] = []
+        self.in_flight = 0  # requests being answered right now
+        self.max_in_flight = 0  # the most ever answered at once (politeness checks)
         self._lock = threading.Lock()
         handler = self._handler_class()
         self.httpd = ThreadingHTTPServer((host, port), handler)
@@ -129,6 +131,16 @@ class DevSite:
                 self._serve(head=False)
 
             def _serve(self, *, head: bool) -> None:
+                with site._lock:
+                    site.in_flight += 1
+                    site.max_in_flight = max(site.max_in_flight, site.in_flight)
+                try:
+                    self._answer(head=head)
+                finally:
+                    with site._lock:
+                        site.in_flight -= 1
+
+            def _answer(self, *, head: bool) -> None:
                 if site.delay:
                     time.sleep(site.delay)
                 path = unquote(urlsplit(self.path).path)

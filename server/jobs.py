@@ -4,7 +4,10 @@
   and watches the process; a crawler that dies marks its job ``failed``.
 * :class:`IndexWorker` is a thread that indexes pages crawlers leave ``fetched``
   (the server owns the embedded vector store) and completes jobs whose crawl
-  is done and whose pages are all indexed.
+  is done and whose pages are all indexed.  With a Chroma server every API process
+  runs one, and crawler workers index inline too: each page is claimed first
+  (:meth:`indexer.state.StateStore.claim_pending`), so it is embedded once, and a job
+  is completed once (``finish_job`` is compare-and-set).
 """
 
 from __future__ import annotations

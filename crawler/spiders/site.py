@@ -13,6 +13,11 @@ Flow (one sync job):
    the raw page store.  The process that owns the vector store indexes them
    (inline here when we own it, otherwise the API server does).
 
+With ``SITESEARCH_REDIS_URL`` several processes (on any machines) share one job:
+the first becomes the leader and does steps 1-2 alone, every worker fetches
+pages from the job's Redis queue (see crawler/shared_frontier.py,
+docs/scale-out.md).  Without it nothing below touches Redis.
+
 Run with ``scrapy crawl site -a instance=ID [-a job=JOB_ID]``.
 """
 
@@ -31,17 +36,20 @@ import scrapy
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider
 from scrapy.http import Request, Response
+from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
 from crawler.discovery import Scope, extract_links, same_site_host
 from crawler.rendering import ContextRecycler, apply_rendering_settings
 from crawler.freshness import decide
 from crawler.robots import RobotsTxt, robots_policy_for_status
+from crawler.shared_frontier import SharedFrontier
 from crawler.sitemaps import ParseReport, SitemapWalk, iter_sitemap, resolve_sitemap_url
 from indexer.config import Settings, get_settings
 from indexer.extract import HTML_TYPES, mime_type
 from indexer.instance import InstanceConfig
 from indexer.pathfilter import PathFilter
+from indexer.pipeline import RELEASE_CLAIM
 from indexer.rawstore import RawPage, RawStore
 from indexer.state import StateStore
 
@@ -76,10 +84,25 @@ class SiteSpider(scrapy.Spider):
             created = self.state.create_job_if_idle(instance, "cli")
             if created is None:
                 active = self.state.active_job(instance) or {}
-                raise ValueError(f"instance {instance!r} already has a {active.get('status')} sync job {active.get('id')}")
+                if not (self.settings_obj.redis_url and active.get("id")):
+                    raise ValueError(
+                        f"instance {instance!r} already has a {active.get('status')} sync job {active.get('id')}"
+                    )
+                created = active  # distributed: join the running sync as one more worker
             job = created["id"]
         self.job_id = job
-        self.state.update_job(self.job_id, status="running", started_at=time.time(), pid=os.getpid())
+        if (self.state.get_job(job) or {}).get("status") == "queued":
+            self.state.update_job(self.job_id, status="running", started_at=time.time(), pid=os.getpid())
+        # distributed crawl: one frontier per job in Redis (None without SITESEARCH_REDIS_URL)
+        self.shared: SharedFrontier | None = None
+        if self.settings_obj.redis_url:
+            self.shared = SharedFrontier.from_url(self.settings_obj.redis_url, self.job_id)
+        self.shared_robots_loaded = False
+        self.shared_fed = False  # leader: the whole frontier is in the shared queue
+        self.follow_links_checked = False
+        self.pages_answered = 0
+        self.tick: Any = None
+        self.ticks = 0
         # the bare domain: Scrapy's offsite filter then also lets www. through; _on_host decides exactly
         self.allowed_domains = [self.instance.host.removeprefix("www.")]
         self.base_url = self.instance.base_url
@@ -117,6 +140,11 @@ class SiteSpider(scrapy.Spider):
         crawler.signals.connect(spider._on_dropped, signal=signals.request_dropped)
         crawler.signals.connect(spider._on_scheduled, signal=signals.request_scheduled)
         crawler.signals.connect(spider._on_closed, signal=signals.spider_closed)
+        if spider.shared is not None:
+            spider.shared.heartbeat_ttl = crawler.settings.getint("SHARED_FRONTIER_HEARTBEAT_TTL", 30)
+            spider.shared.leader_ttl = crawler.settings.getint("SHARED_FRONTIER_LEADER_TTL", 60)
+            spider.shared.join()  # the first worker to join leads
+            crawler.signals.connect(spider._on_opened_shared, signal=signals.spider_opened)
         return spider
 
     # --- requests ----------------------------------------------------------------
@@ -126,8 +154,14 @@ class SiteSpider(scrapy.Spider):
         return Request(url, headers=headers, **kwargs)
 
     async def start(self) -> AsyncIterator[Request]:
+        if self.shared is not None and not self.shared.is_leader:
+            self.log_job(f"worker {self.shared.worker_id} joined the sync of {self.base_url}")
+            return
         self.log_job(f"Sync started for {self.base_url}")
-        yield self._request(
+        yield self._robots_request()
+
+    def _robots_request(self) -> Request:
+        return self._request(
             urljoin(self.base_url, "/robots.txt"),
             callback=self.parse_robots,
             errback=self.robots_failed,
@@ -140,6 +174,7 @@ class SiteSpider(scrapy.Spider):
     # --- robots.txt ------------------------------------------------------------------
     def parse_robots(self, response: Response) -> Iterator[Request]:
         policy = robots_policy_for_status(response.status)
+        self._share_robots(policy, response.body if policy == "parse" else b"")
         if policy == "parse":
             self.robots = RobotsTxt.parse(response.body)
         elif policy == "allow_all":
@@ -163,6 +198,7 @@ class SiteSpider(scrapy.Spider):
         if "max redirections" in failure.getErrorMessage():
             # RFC 9309 §2.3.1.2: past five redirects robots.txt may be treated as unavailable (like a 4xx)
             self.robots = RobotsTxt.allow_all()
+            self._share_robots("allow_all")
             self.log_job(
                 "robots.txt: too many redirects (more than 5), treated as unavailable: everything allowed",
                 url=urljoin(self.base_url, "/robots.txt"),
@@ -171,6 +207,7 @@ class SiteSpider(scrapy.Spider):
             yield from self._queue_sitemaps()
             return
         self.robots = RobotsTxt.disallow_all()
+        self._share_robots("disallow_all")
         self.log_job(
             f"robots.txt could not be fetched ({failure.getErrorMessage()}): nothing is crawled this sync",
             url=urljoin(self.base_url, "/robots.txt"),
@@ -294,7 +331,7 @@ class SiteSpider(scrapy.Spider):
             self.log_job("Skipped by robots.txt", url=url)
             self.state.incr_job(self.job_id, skipped=1)
             return
-        self.seq += 1
+        self.seq = self.shared.next_seq() if self.shared is not None else self.seq + 1
         self.discovery_buffer.append(
             {
                 "key": url,
@@ -313,6 +350,8 @@ class SiteSpider(scrapy.Spider):
         if self.discovery_buffer:
             new = self.state.record_discovered(self.instance_id, self.job_id, self.discovery_buffer)
             self.state.incr_job(self.job_id, discovered=new)
+            if self.shared is not None:
+                self._push_links([r["key"] for r in self.discovery_buffer if r["origin"] == "link"])
             self.discovery_buffer = []
 
     def _finish_discovery(self) -> Iterator[Request]:
@@ -324,6 +363,8 @@ class SiteSpider(scrapy.Spider):
         self.log_job(f"discovery complete: {job.get('discovered', 0)} URLs in the frontier")
         self._seed_link_discovery()
         self._schedule_frontier()
+        if self.shared is not None:
+            self._feed_shared()
         yield from ()
 
     # --- frontier -----------------------------------------------------------------------
@@ -336,7 +377,6 @@ class SiteSpider(scrapy.Spider):
             self.frontier_exhausted = True
             self.log_job(f"page cap of {self.settings_obj.max_pages_per_instance} reached", level="warning")
             return
-        batch = self.state.frontier_batch(self.instance_id, self.job_id, after=self.frontier_cursor, limit=limit)
         yielded = 0
         while True:
             batch = self.state.frontier_batch(self.instance_id, self.job_id, after=self.frontier_cursor, limit=limit)
@@ -398,10 +438,16 @@ class SiteSpider(scrapy.Spider):
         return n
 
     def _top_up(self) -> None:
+        if self.shared is not None:
+            self._feed_shared()
+            return
         if self.discovery_done and not self.frontier_exhausted and self.in_flight < self.settings_obj.frontier_batch // 2:
             self._schedule_frontier()
 
     def _on_idle(self, spider: scrapy.Spider) -> None:
+        if self.shared is not None:
+            self._on_idle_shared()
+            return
         if self.discovery_done and self._schedule_frontier():
             raise DontCloseSpider
         if self.discovery_done and not self.deletions_done:
@@ -467,7 +513,11 @@ class SiteSpider(scrapy.Spider):
         self.log_job("sync one item: re-fetching and re-indexing", url=url)
         self.pages_scheduled += 1
         self.in_flight += 1
-        yield self._page_request({**item, "content_hash": None}, force=True)
+        request = self._page_request({**item, "content_hash": None}, force=True)
+        if self.shared is not None:  # queued before the frontier counts as fed
+            self.crawler.engine.crawl(request)
+            return
+        yield request
 
     # --- link discovery and URL keys (see crawler/discovery.py) ------------------------------
     def _init_link_discovery(self) -> None:
@@ -499,16 +549,22 @@ class SiteSpider(scrapy.Spider):
                 level="warning",
             )
         self.follow_links = True
+        if self.shared is not None:
+            self.shared.publish_follow_links()
         seed = self.instance.source or self.base_url + "/"
-        self.links_seen.add(seed)
-        self._discover(seed, 0.0, None, None, origin="link", depth=0)
-        self.links_recorded += 1
+        limit = min(self.discover_options.limit, self.settings_obj.max_pages_per_instance)
+        if self._claim_link(seed, limit) == "new":
+            self._discover(seed, 0.0, None, None, origin="link", depth=0)
         self._flush_discovered()
-        self.frontier_exhausted = False
+        if self.shared is None:
+            self.frontier_exhausted = False
 
     def _follow_links(self, response: Response, item_id: str) -> None:
         """Record the same-site links of a fetched page (breadth-first, up to ``depth`` and ``limit``)."""
         depth = int(response.meta.get("site_depth") or 0)
+        if self.shared is not None and not self.follow_links_checked:  # the leader decides, before any page
+            self.follow_links_checked = True
+            self.follow_links = self.follow_links or self.shared.follow_links()
         if not self.follow_links or depth >= self.discover_options.depth:
             return
         body: bytes = response.body if response.status != 304 else b""
@@ -521,22 +577,34 @@ class SiteSpider(scrapy.Spider):
         found = extract_links(body, response.url, self.scope)
         limit = min(self.discover_options.limit, self.settings_obj.max_pages_per_instance)
         for url in found.links:
-            if url in self.links_seen:
+            claim = self._claim_link(url, limit)
+            if claim == "seen":
                 continue
-            if self.links_recorded >= limit:
+            if claim == "over":
                 if not self.link_limit_logged:
                     self.link_limit_logged = True
                     self.log_job(f"link discovery limit of {limit} pages reached: further links skipped", level="warning")
                 break
-            self.links_seen.add(url)
-            self.links_recorded += 1
             self._discover(url, 0.0, None, None, origin="link", depth=depth + 1)
         for url in found.external:
             if url not in self.links_seen:
                 self.links_seen.add(url)
                 self.log_job("Skipped: external link (only this site's host is crawled)", url=url)
         self._flush_discovered()
-        self.frontier_exhausted = False
+        if self.shared is None:
+            self.frontier_exhausted = False
+
+    def _claim_link(self, url: str, limit: int) -> str:
+        """``"new"`` (record it), ``"seen"`` (already recorded this sync) or ``"over"`` the limit."""
+        if self.shared is not None:
+            return self.shared.claim_link(url, limit)
+        if url in self.links_seen:
+            return "seen"
+        if self.links_recorded >= limit:
+            return "over"
+        self.links_seen.add(url)
+        self.links_recorded += 1
+        return "new"
 
     def _on_scheduled(self, request: Request, spider: scrapy.Spider) -> None:
         """A page redirect leaving the site is not followed (Scrapy's offsite filter drops it silently)."""
@@ -562,6 +630,7 @@ class SiteSpider(scrapy.Spider):
             self.state.update_item(item_id, status="skipped", error=f"duplicate of {request.url}", pending_job=None)
         self.log_job(reason, url=requested)
         self.state.incr_job(self.job_id, skipped=1)
+        self._shared_done(request)
         self._top_up()
 
     def _collapse_to_key(self, response: Response, item_id: str) -> str | None:
@@ -613,6 +682,13 @@ class SiteSpider(scrapy.Spider):
 
     # --- pages -------------------------------------------------------------------------------
     async def parse_page(self, response: Response) -> None:
+        self.pages_answered += 1
+        try:
+            await self._parse_page(response)
+        finally:  # distributed: answered only now, after the links it found were pushed
+            self._shared_done(response.request)
+
+    async def _parse_page(self, response: Response) -> None:
         self.in_flight -= 1
         item_id = response.meta["item_id"]
         if self.renderer is not None:
@@ -634,7 +710,10 @@ class SiteSpider(scrapy.Spider):
             self.state.incr_job(self.job_id, not_modified=1)
         elif status in (404, 410):  # chunks removed when the crawl ends (safety guard: _apply_deletions)
             self.state.update_item(item_id, http_status=status, error=f"HTTP {status}", **checked)
-            self.gone.append((item_id, status))
+            if self.shared is not None:
+                self.shared.add_gone(item_id, status)
+            else:
+                self.gone.append((item_id, status))
             self.state.incr_job(self.job_id, fetched=1)
         elif status >= 400:
             self.state.update_item(item_id, http_status=status, error=f"HTTP {status}")
@@ -665,6 +744,8 @@ class SiteSpider(scrapy.Spider):
                 error=None,
                 delete_reason=None,
                 **checked,
+                # distributed: a page re-queued from a dead worker may still carry that worker's indexing claim
+                **(RELEASE_CLAIM if self.shared is not None else {}),
             )
             self.state.incr_job(self.job_id, fetched=1)
             await self._maybe_index(item_id)
@@ -675,6 +756,12 @@ class SiteSpider(scrapy.Spider):
             await self.indexer_sink(item_id)
 
     def page_failed(self, failure: Failure) -> None:
+        try:
+            self._page_failed(failure)
+        finally:
+            self._shared_done(getattr(failure, "request", None))
+
+    def _page_failed(self, failure: Failure) -> None:
         self.in_flight -= 1
         if self.renderer is not None and getattr(failure, "request", None) is not None:
             asyncio.ensure_future(self.renderer.release(failure.request.meta))
@@ -693,6 +780,127 @@ class SiteSpider(scrapy.Spider):
                 self.state.update_item(request.meta["item_id"], error=f"fetch failed: {message}")
         self._top_up()
 
+    # --- distributed crawl (SITESEARCH_REDIS_URL; crawler/shared_frontier.py) ------------------
+    def _on_opened_shared(self, spider: scrapy.Spider) -> None:
+        from scrapy.utils.asyncio import create_looping_call
+
+        # a worker whose queue ran dry looks at Redis again every 0.5 s, not every 5 s
+        self.crawler.engine._SLOT_HEARTBEAT_INTERVAL = 0.5
+        self.tick = create_looping_call(self._tick_shared)
+        self.tick.start(1.0, now=False)
+        assert self.shared is not None
+        role = "leader" if self.shared.is_leader else "follower"
+        self.log_job(f"distributed crawl: worker {self.shared.worker_id} is a {role}")
+
+    def _tick_shared(self) -> None:
+        """Every second: heartbeat, leadership refresh, (leader) keep the shared queue filled; stop if cancelled."""
+        assert self.shared is not None
+        self.ticks += 1
+        try:
+            self.shared.heartbeat()
+            self._feed_shared()
+            if self.ticks % 5 == 0 and (self.state.get_job(self.job_id) or {}).get("status") not in ("queued", "running"):
+                self.log_job(f"worker {self.shared.worker_id}: the job has ended elsewhere, stopping", level="warning")
+                self.tick.stop()
+                deferred_from_coro(self.crawler.engine.close_spider_async(reason="cancelled"))
+        except Exception:  # Redis or database hiccup: retried next tick
+            logger.exception("distributed crawl: tick failed")
+
+    def shared_ready(self) -> bool:
+        """True once this worker has the leader's robots.txt (needed for links and Crawl-delay)."""
+        if self.shared is None or self.shared_robots_loaded:
+            return True
+        published = self.shared.robots()
+        if published is None:
+            return False
+        policy, body = published
+        if policy == "parse":
+            self.robots = RobotsTxt.parse(body)
+            self._apply_crawl_delay()
+        else:
+            self.robots = RobotsTxt.allow_all() if policy == "allow_all" else RobotsTxt.disallow_all()
+        self.shared_robots_loaded = True
+        return True
+
+    def _share_robots(self, policy: str, body: bytes = b"") -> None:
+        """Leader: publish the robots.txt outcome for the other workers."""
+        if self.shared is not None:
+            self.shared.publish_robots(policy, body)
+            self.shared_robots_loaded = True
+
+    def _push_links(self, keys: list[str]) -> None:
+        """Queue newly found links for any worker (the shared dupefilter drops those already queued)."""
+        now = time.time()
+        not_due: list[tuple[str | None, str, str]] = []
+        for key in keys:
+            item = self.state.get_item_by_key(self.instance_id, key)
+            if item is None:
+                continue
+            decision = decide(item, lastmod=item.get("lastmod"), changefreq=item.get("changefreq"), now=now, max_age=self.max_age)
+            if not decision.fetch:
+                not_due.append((key, decision.reason, "info"))
+                continue
+            self.pages_scheduled += 1
+            self.crawler.engine.crawl(self._page_request(item))
+        if not_due:
+            self.state.log_many(self.job_id, not_due)
+            self.state.incr_job(self.job_id, not_modified=len(not_due))
+
+    def _feed_shared(self) -> None:
+        """Leader: top the shared queue up from the frontier; say so once everything is queued."""
+        assert self.shared is not None
+        if not self.shared.is_leader or not self.discovery_done:
+            return
+        if not self.frontier_exhausted and self.shared.queue_len() < max(1, self.settings_obj.frontier_batch // 2):
+            self._schedule_frontier()
+        if self.frontier_exhausted and not self.shared_fed:
+            self.shared_fed = True
+            self.shared.set_fed(sitemap_failures=self.sitemap_failures)
+            self.log_job("every frontier URL is queued for the workers")
+
+    def _on_idle_shared(self) -> None:
+        """Stay open while the job has work anywhere; the first worker to see it drained finalizes."""
+        sf = self.shared
+        assert sf is not None
+        if not sf.is_leader and not sf.fed() and not sf.leader_alive() and sf.try_lead():
+            self.log_job(f"worker {sf.worker_id} takes over as leader: discovery starts again", level="warning")
+            self.crawler.engine.crawl(self._robots_request())
+            raise DontCloseSpider
+        if sf.is_leader and not self.discovery_done and not self.shared_fed:
+            self.shared_fed = True  # idle before discovery ended: robots.txt stopped this sync
+            sf.set_fed(aborted=True)
+        self._feed_shared()
+        if sf.drain_state() != "drained":
+            raise DontCloseSpider
+        if sf.claim_finalizer():
+            if sf.fed() != "aborted":
+                self.gone = sf.gone()
+                self.sitemap_failures = sf.sitemap_failures()
+                self.deletions_done = True
+                self._apply_deletions()
+            sf.mark_closed()
+            self.log_job("shared frontier drained: every worker is done")
+        elif not sf.closed():
+            raise DontCloseSpider  # wait for the finalizer's deletions before this worker ends
+
+    def _shared_done(self, request: Request | None) -> None:
+        if self.shared is not None:
+            self.shared.done(request)
+
+    def _close_shared(self, reason: str) -> None:
+        sf = self.shared
+        assert sf is not None
+        if self.tick is not None and self.tick.running:
+            self.tick.stop()
+        sf.leave()
+        if reason == "finished":
+            self.state.update_job(self.job_id, crawl_done=True)
+        elif not sf.closed() and sf.live_workers() == 0:
+            status = "cancelled" if reason in ("cancelled", "shutdown") else "failed"
+            self.state.finish_job(self.job_id, status, f"crawl ended: {reason} (last worker)")
+            sf.expire_all()
+        self.log_job(f"worker {sf.worker_id} finished ({reason}); it fetched {self.pages_answered} pages")
+
     # --- job bookkeeping ------------------------------------------------------------------
     def log_job(self, message: str, *, url: str | None = None, level: str = "info") -> None:
         """Record a line in the job log (and the process log)."""
@@ -701,6 +909,9 @@ class SiteSpider(scrapy.Spider):
 
     def _on_closed(self, spider: scrapy.Spider, reason: str) -> None:
         self._flush_discovered()
+        if self.shared is not None:
+            self._close_shared(reason)
+            return
         self.state.update_job(self.job_id, crawl_done=True)
         if reason != "finished":
             status = "cancelled" if reason in ("cancelled", "shutdown") else "failed"
