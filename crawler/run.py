@@ -3,6 +3,11 @@
 The API server starts jobs this way in a child process (so Twisted's reactor
 never lives inside the API process); ``sitesearch crawl ID`` calls :func:`run_crawl`.
 Equivalent to ``scrapy crawl site -a instance=ID`` from the repository root.
+
+With ``SITESEARCH_REDIS_URL`` this is one worker of the job: start more (this
+command or ``scrapy crawl site -a instance=ID``, on any machine sharing the
+database, Redis and a Chroma server) and they join the instance's running job,
+sharing its frontier (docs/scale-out.md).
 """
 
 from __future__ import annotations
