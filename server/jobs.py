@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,34 @@ class JobRunner:
     def recover(self) -> None:
         """Mark jobs left active by a dead process as failed (run at start-up)."""
         for job in self.state.jobs_with_status("queued", "running"):
-            pid = job.get("pid")
-            if pid and _alive(pid):
+            if self._crawler_alive(job):
                 continue
             if job["status"] == "running" and job["crawl_done"]:
                 continue  # crawl finished; the index worker completes it
             self.state.finish_job(job["id"], "failed", "interrupted: the process running it exited")
             self.state.log(job["id"], "job marked failed at start-up: its process is gone", level="error")
+
+    def _crawler_alive(self, job: dict[str, Any]) -> bool:
+        """Is some crawler still working on ``job``?
+
+        Alone, a job's crawler is the process whose pid the job records, on this machine.
+        With ``SITESEARCH_REDIS_URL`` the workers may run on other machines: a job is alive
+        while any worker's heartbeat in Redis is current (or it started too recently to
+        have one), and a Redis outage never fails a job.
+        """
+        if not self.settings.redis_url:
+            pid = job.get("pid")
+            return bool(pid) and _alive(pid)
+        from crawler.shared_frontier import HEARTBEAT_TTL, SharedFrontier  # only in scale-out mode
+
+        started = job.get("started_at") or job.get("created_at") or 0
+        if time.time() - started < 2 * HEARTBEAT_TTL:
+            return True
+        try:
+            return SharedFrontier.from_url(self.settings.redis_url, job["id"]).live_workers() > 0
+        except Exception:  # noqa: BLE001 - cannot tell: keep the job
+            logger.warning("Redis unreachable: cannot check the workers of job %s", job["id"])
+            return True
 
     def launch(self, job: dict[str, Any]) -> None:
         """Start the crawler process for a queued job."""
@@ -104,8 +126,7 @@ class JobRunner:
             ours = set(self._procs)
         reaped = []
         for job in self.state.jobs_with_status("running"):
-            pid = job.get("pid")
-            if job["id"] in ours or not pid or job["crawl_done"] or _alive(pid):
+            if job["id"] in ours or not job.get("pid") or job["crawl_done"] or self._crawler_alive(job):
                 continue
             if self.state.finish_job(job["id"], "failed", "interrupted: the crawler process exited"):
                 self.state.log(job["id"], "job marked failed: its crawler process is gone", level="error")

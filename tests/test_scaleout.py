@@ -225,7 +225,8 @@ def test_every_page_searchable_through_either_api(cluster: dict[str, Any]) -> No
     clients = cluster["clients"]
     missing = []
     for i in range(PAGES):
-        hits = search(clients[i % 2], unique_word(i), retrieval_type="keyword", max_num_results=3)
+        options = {"retrieval": {"retrieval_type": "keyword", "max_num_results": 3}}
+        hits = search(clients[i % 2], unique_word(i), ai_search_options=options)
         if not hits or page_of(hits[0]) != f"p{i}.html":
             missing.append((i, [page_of(h) for h in hits]))
     assert not missing, f"{len(missing)} pages not found first by their unique word: {missing[:5]}"
