@@ -257,7 +257,7 @@ class Embedder:
         return result
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Embed one text.
+        """Embed one text on the query session (``query_threads`` intra-op threads).
 
         Args:
             text: the query.

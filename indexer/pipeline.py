@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,9 +23,16 @@ from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_tex
 from indexer.config import Settings
 from indexer.convert import UnsupportedFileType, convert
 from indexer.embedder import Embedder
-from indexer.extract import HTML_TYPES, Extracted, embedding_text, extract_html, extract_text_document, mime_type
+from indexer.extract import (
+    HTML_TYPES,
+    Extracted,
+    embedding_text,
+    extract_html,
+    extract_text_document,
+    mime_type,
+)
 from indexer.rawstore import RawStore
-from indexer.state import StateStore
+from indexer.state import CLAIM_LEASE_SECONDS, StateStore
 from indexer.vectorstore import VectorStore, folder_for_url
 
 logger = logging.getLogger(__name__)
@@ -73,10 +81,24 @@ class Indexer:
 
         0 means nothing is left to claim (items other indexers hold are not counted).
         """
-        batch = self.state.claim_pending(limit=limit, claimer=self.claimer)
+        batch = self.state.claim_pending(limit=limit, claimer=self.claimer, accept=self._can_index)
         for item in batch:
             self.index_item(item)
         return len(batch)
+
+    def _can_index(self, item: Mapping[str, Any]) -> bool:
+        """Whether this process should claim a candidate: its stored page is here (or not needed).
+
+        Crawler workers on other machines keep their raw pages in their own data directory and
+        index them inline; this process leaves those alone.  A page missing everywhere for longer
+        than the claim lease (its crawler died) is claimed anyway and recorded as an error, so the
+        job can end.
+        """
+        if item.get("delete_reason") or item.get("http_status") in GONE_STATUSES:
+            return True  # removal needs no stored page
+        if self.raw._paths(item["instance_id"], item["id"])[1].exists():  # a stat, not a read
+            return True
+        return time.time() - float(item.get("fetched_at") or 0) > CLAIM_LEASE_SECONDS
 
     def claim(self, item_id: str) -> dict[str, Any] | None:
         """Claim one fetched item for this indexer; None if it is not ``fetched`` or another indexer holds it."""

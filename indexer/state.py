@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -798,31 +798,48 @@ class StateStore:
             c.execute(schedules.delete().where(schedules.c.instance_id == instance_id))
 
     def claim_pending(
-        self, *, limit: int, claimer: str, instance_id: str | None = None, lease: float = CLAIM_LEASE_SECONDS
+        self,
+        *,
+        limit: int,
+        claimer: str,
+        instance_id: str | None = None,
+        lease: float = CLAIM_LEASE_SECONDS,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Claim up to ``limit`` items waiting in status ``fetched`` (oldest first) for indexing.
 
         Each item is taken by :meth:`claim_item` (compare-and-set), so indexers in several
         processes never get the same item; candidates another indexer won are skipped and
-        more are read, so an empty result means nothing is left to claim.
+        more are read, so an empty result means nothing is left that this indexer may claim.
 
         Args:
             limit: at most this many items.
             claimer: this indexer's id (host, pid, random part).
             instance_id: only this instance's items.
             lease: a claim older than this many seconds (its indexer died) may be taken over.
+            accept: called with a candidate's ``id``, ``instance_id``, ``fetched_at``,
+                ``http_status`` and ``delete_reason``; False leaves it for another indexer
+                (e.g. its stored page is on another machine).
         """
         won: list[dict[str, Any]] = []
+        passed = 0  # candidates ``accept`` refused in this call: still claimable, so read past them
+        page = max(limit, 64) if accept else limit
+        cols = (items.c.id, items.c.instance_id, items.c.fetched_at, items.c.http_status, items.c.delete_reason)
         while len(won) < limit:
-            q = select(items.c.id).where(*self._claimable(time.time() - lease))
+            q = select(*cols).where(*self._claimable(time.time() - lease))
             if instance_id:
                 q = q.where(items.c.instance_id == instance_id)
             with self.engine.connect() as c:
-                ids = list(c.execute(q.order_by(items.c.fetched_at, items.c.id).limit(limit - len(won))).scalars())
-            if not ids:
+                rows = c.execute(q.order_by(items.c.fetched_at, items.c.id).offset(passed).limit(page)).all()
+            if not rows:
                 break
-            for item_id in ids:
-                item = self.claim_item(item_id, claimer, lease=lease)
+            for row in rows:
+                if len(won) >= limit:
+                    break
+                if accept is not None and not accept(dict(row._mapping)):
+                    passed += 1
+                    continue
+                item = self.claim_item(row.id, claimer, lease=lease)
                 if item is not None:
                     won.append(item)
         return won

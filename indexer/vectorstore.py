@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 
 from indexer.config import Settings
@@ -43,13 +44,24 @@ class StoreUnavailableError(IndexerError):
 
 
 def _server_errors(method: _F) -> _F:
-    """Turn a Chroma server that is down or unreachable into :class:`StoreUnavailableError`."""
-    import httpx
+    """Errors of a shared Chroma server, for methods taking ``instance_id`` first.
+
+    * Unreachable server → :class:`StoreUnavailableError`.
+    * A cached collection handle another process deleted (the instance was deleted and
+      perhaps created again) → the handle is dropped and the call retried once.
+    """
+    from chromadb.errors import NotFoundError
 
     @functools.wraps(method)
-    def wrapper(self: VectorStore, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: VectorStore, instance_id: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, instance_id, *args, **kwargs)
+            except NotFoundError:
+                if self._collections.pop(instance_id, None) is None:
+                    raise
+                logger.info("collection of %s was replaced by another process; reopening it", instance_id)
+                return method(self, instance_id, *args, **kwargs)
         except httpx.TransportError as exc:
             logger.error("Chroma server %s unreachable: %s", self.url, exc)
             raise StoreUnavailableError(f"the vector store at {self.url} is unreachable") from exc
@@ -136,9 +148,9 @@ class VectorStore:
             name = collection_name(instance_id)
             try:
                 col = self.client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
-            except httpx_transport_errors():
+            except httpx.TransportError:
                 raise
-            except Exception as exc:  # two processes creating it at once: the loser finds it created
+            except Exception as exc:  # noqa: BLE001 - two processes creating it at once: the loser finds it created
                 logger.info("collection %s: %s; reading the one another process created", name, exc)
                 col = self.client.get_collection(name, embedding_function=None)
             self._collections[instance_id] = col
@@ -244,13 +256,6 @@ class VectorStore:
             return {}
         res = self._collection(instance_id).get(ids=list(chunk_ids), include=["embeddings"])
         return {cid: np.asarray(emb, dtype=np.float32) for cid, emb in zip(res["ids"], res["embeddings"], strict=True)}
-
-
-def httpx_transport_errors() -> type[Exception]:
-    """The exception class of a Chroma server that is down (httpx, which chromadb's client uses)."""
-    import httpx
-
-    return httpx.TransportError
 
 
 def folder_for_url(url: str) -> str:
