@@ -14,7 +14,8 @@ for each client count (default 1 and 4):
    ``POST /search`` (the instance's default retrieval, vector; top 10; no reranking)
    to ``wrk`` with N connections (a C load generator, so the client costs the 2 cores
    little; without ``wrk`` on PATH, N Python threads with httpx, which inflates the
-   server's figures).
+   server's figures); then one round of hybrid retrieval (absolute figures only: it does
+   more than the baseline, a keyword query and fusion).
 
 Bare and server rounds alternate (bare, server, server, bare; the bare side reads the
 collection while the idle server owns it) and each side's p50/p95 is the median over its
@@ -186,7 +187,15 @@ def wrk_round(url: str, script: Path, clients: int, seconds: float) -> tuple[flo
     return res["p50"], res["p95"], res["n"]
 
 
-def http_round(url: str, queries: list[str], clients: int, seconds: float) -> tuple[float, float, int]:
+def write_wrk_script(path: Path, queries: list[str], extra: dict[str, Any] | None = None) -> Path:
+    """A wrk Lua script posting each query in turn (with ``extra`` body fields)."""
+    bodies = ",\n".join(f"[==[{json.dumps({'query': q, **(extra or {})})}]==]" for q in queries)
+    path.write_text(WRK_SCRIPT % (bodies, SEARCH_PATH, TOKEN))
+    return path
+
+
+def http_round(url: str, queries: list[str], clients: int, seconds: float,
+               extra: dict[str, Any] | None = None) -> tuple[float, float, int]:
     """The same with Python threads (httpx), when ``wrk`` is not installed."""
     import threading
 
@@ -197,7 +206,7 @@ def http_round(url: str, queries: list[str], clients: int, seconds: float) -> tu
     def one(q: str) -> None:
         if not hasattr(local, "c"):
             local.c = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-        local.c.post(SEARCH_PATH, json={"query": q}).raise_for_status()
+        local.c.post(SEARCH_PATH, json={"query": q, **(extra or {})}).raise_for_status()
 
     ms = run_for(one, queries, clients, seconds)
     return *percentiles(ms), len(ms)
@@ -229,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
 
         del store
         SharedSystemClient.clear_system_cache()  # let the server process own the store
-        script = Path(tmp) / "queries.lua"
-        bodies = ",\n".join(f"[==[{json.dumps({'query': q})}]==]" for q in questions)
-        script.write_text(WRK_SCRIPT % (bodies, SEARCH_PATH, TOKEN))
+        script = write_wrk_script(Path(tmp) / "queries.lua", questions)
+        hybrid_body = {"ai_search_options": {"retrieval": {"retrieval_type": "hybrid"}}}
+        hybrid_script = write_wrk_script(Path(tmp) / "hybrid.lua", questions, hybrid_body)
         proc, url = serve(settings, model_dir)
         rows: list[list[Any]] = []
         try:
@@ -258,12 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([clients, "bare embed + Chroma query", b50, b95, None, qps_b])
                 rows.append([clients, "/search (HTTP)" + ("" if use_wrk else ", httpx client"), s50, s95,
                              s50 / b50, qps_s])
+                # hybrid does more than the bare baseline (keyword query + fusion): absolute figures only
+                h50, h95, hn = (wrk_round(url, hybrid_script, clients, args.seconds) if use_wrk
+                                else http_round(url, questions, clients, args.seconds, hybrid_body))
+                rows.append([clients, "/search hybrid (HTTP, 1 round)", h50, h95, None, hn / args.seconds])
         finally:
             proc.terminate()
             proc.wait(30)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{total} chunks; top 10, vector retrieval, no reranking; {args.rounds} rounds x {args.seconds:g} s per "
+    print(f"{total} chunks; top 10, no reranking, vector retrieval unless marked hybrid; {args.rounds} rounds x {args.seconds:g} s per "
           f"setup (median of rounds); load generator: {'wrk' if use_wrk else 'httpx threads'}")
     print(format_table(["clients", "setup", "p50 ms", "p95 ms", "p50 / bare", "queries/s"], rows))
     return 0

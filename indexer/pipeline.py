@@ -96,7 +96,7 @@ class Indexer:
         """
         if item.get("delete_reason") or item.get("http_status") in GONE_STATUSES:
             return True  # removal needs no stored page
-        if self.raw._paths(item["instance_id"], item["id"])[1].exists():  # a stat, not a read
+        if self.raw.exists(item["instance_id"], item["id"]):
             return True
         return time.time() - float(item.get("fetched_at") or 0) > CLAIM_LEASE_SECONDS
 

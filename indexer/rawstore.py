@@ -70,6 +70,10 @@ class RawStore:
             return None
         return RawPage(body=body, **meta)
 
+    def exists(self, instance_id: str, item_id: str) -> bool:
+        """Whether this store holds the page (a stat, not a read)."""
+        return self._paths(instance_id, item_id)[1].exists()
+
     def delete(self, instance_id: str, item_id: str) -> None:
         for path in self._paths(instance_id, item_id):
             path.unlink(missing_ok=True)
