@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import DEFAULT_MODELS_DIR, REPO, bench_settings, ensure_model, format_table  # type: ignore[import-not-found]
 
 INSTANCE = "load"
@@ -57,11 +56,10 @@ QUESTIONS = REPO.parent / "shared" / "eval" / "retrieval" / "conala_dev.json"
 def build(seed: Path, settings: Any, target: int) -> Any:
     """Copy the seed's chunks into ``INSTANCE`` until it holds ``target`` chunks; returns the store."""
     import chromadb
+    from chromadb.config import Settings as ChromaSettings
 
     from indexer.state import StateStore
     from indexer.vectorstore import VectorStore, collection_name
-
-    from chromadb.config import Settings as ChromaSettings
 
     chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
     src = chromadb.PersistentClient(path=str(seed / "chroma"), settings=chroma_settings)

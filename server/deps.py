@@ -19,7 +19,6 @@ from indexer.state import StateStore
 from server.errors import APIError
 from server.jobs import JobRunner
 
-
 T = TypeVar("T")
 
 

@@ -235,3 +235,15 @@ def test_concurrent_builds_build_once(tmp_path: Path, caplog: pytest.LogCaptureF
     built = [r for r in caplog.records if r.getMessage().startswith("built ")]
     assert len(built) == 1
     assert (paths[0] / "model.onnx").is_file()
+
+
+def test_queries_run_on_a_one_thread_session(int8_dir: Path) -> None:
+    embedder = Embedder(int8_dir, threads=2)  # batches on 2 intra-op threads, queries on 1 (the default)
+    query = embedder.embed_query("how do I sort a dict by value")
+    session = embedder._query_session
+    assert session is not embedder._session
+    assert session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(query, embedder.embed(["how do I sort a dict by value"])[0], atol=1e-5)
+    same = Embedder(int8_dir, threads=1)  # same thread count: one session serves both
+    same.embed_query("x")
+    assert same._query_session is same._session
