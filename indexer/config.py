@@ -61,6 +61,9 @@ class Settings(BaseSettings):
 
     # --- search ------------------------------------------------------------------
     search_threads: int | None = None  # /search calls running at once per API process (others queue); None = cores
+    # /search reuses an instance's validated config for this long (0 = read it every request). A PATCH/DELETE
+    # takes effect at once in the API process that served it, and within this many seconds in the others.
+    instance_cache_seconds: float = Field(default=1.0, ge=0)
     rerank_model_dir: Path | None = Field(
         default=None, description="A cross-encoder ONNX directory (model.onnx + tokenizer.json) for reranking"
     )

@@ -16,6 +16,7 @@ from indexer.config import Settings, get_settings
 from indexer.service import IndexService, describe
 from indexer.state import StateStore
 from server.auth import ensure_bootstrap_token
+from server.deps import InstanceCache
 from indexer.vectorstore import StoreUnavailableError
 from server.errors import CODE_INTERNAL, error_response, install_error_handlers
 from server.jobs import IndexWorker, JobRunner
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.search_pool = ThreadPoolExecutor(  # see server.deps.run_search_pool
             settings.search_threads or os.cpu_count() or 1, thread_name_prefix="sitesearch-search"
         )
+        app.state.instance_cache = InstanceCache(settings.instance_cache_seconds)  # /search's config cache
         scheduler = Scheduler(state, runner.launch)
         app.state.scheduler = scheduler
         runner.start()

@@ -116,18 +116,37 @@ def require(permission: str):  # noqa: ANN201 - a FastAPI dependency factory
     """Dependency: the caller must hold ``permission`` (403 names it otherwise)."""
 
     async def dependency(request: Request) -> Principal:
-        principal = await authenticate_request(request)
-        if permission not in principal.permissions:
-            raise APIError(403, f"this token lacks the '{permission}' permission")
-        if permission == EDIT and principal.folder_prefix and not tenant_may_edit(request.url.path):
-            raise APIError(
-                403,
-                f"this token is restricted to the folder {principal.folder_prefix!r}: it may upload and manage "
-                "items and tokens under it, not change instances or jobs",
-            )
-        return principal
+        return check_permission(await authenticate_request(request), permission, request.url.path)
 
     return dependency
+
+
+def check_permission(principal: Principal, permission: str, path: str) -> Principal:
+    """``principal`` if it may use ``permission`` on ``path`` (403 naming what is missing otherwise)."""
+    if permission not in principal.permissions:
+        raise APIError(403, f"this token lacks the '{permission}' permission")
+    if permission == EDIT and principal.folder_prefix and not tenant_may_edit(path):
+        raise APIError(
+            403,
+            f"this token is restricted to the folder {principal.folder_prefix!r}: it may upload and manage "
+            "items and tokens under it, not change instances or jobs",
+        )
+    return principal
+
+
+def bearer_principal(settings: Settings, authorization: str | None) -> tuple[Principal | None, str]:
+    """The first, I/O-free half of :func:`authenticate`: ``(env principal, "")`` or ``(None, secret hash)``.
+
+    For a stored token, finish with ``stored_principal(state.token_by_hash(hash))`` off the event loop.
+    """
+    secret = _bearer_secret(authorization)
+    principal = _env_principal(settings, secret)
+    return (principal, "") if principal is not None else (None, hash_secret(secret))
+
+
+def stored_principal(row: dict | None) -> Principal:
+    """The principal of a stored token row (403 when there is none)."""
+    return _stored_principal(row)
 
 
 def tenant_may_edit(path: str) -> bool:

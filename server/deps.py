@@ -7,6 +7,8 @@ dependency in its thread pool, one thread hop per dependency per request.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -71,3 +73,52 @@ def load_instance(state: StateStore, instance_id: str) -> tuple[dict[str, Any], 
         raise APIError(404, f"instance {instance_id!r} not found")
     # validating costs ~10 µs (measured): not worth a cache that could go stale
     return row, InstanceConfig.model_validate({**row["config"], "id": row["id"]})
+
+
+class InstanceCache:
+    """Validated instance configs for ``/search``, each reused for ``ttl`` seconds.
+
+    Saves the instance-row query and validation on the hot path.  :meth:`forget` (PATCH,
+    DELETE) makes a change visible at once in this process; other API processes sharing the
+    database see it when their entry expires, within ``ttl`` seconds.  Missing instances are
+    not cached, so a new instance is searchable at once.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, InstanceConfig]] = {}
+        self._generation = 0  # bumped by forget(): a load that raced with it is not stored
+        self._lock = threading.Lock()
+
+    def peek(self, instance_id: str) -> InstanceConfig | None:
+        """The cached config if still fresh (no I/O: safe on the event loop)."""
+        entry = self._entries.get(instance_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def get(self, state: StateStore, instance_id: str) -> InstanceConfig:
+        """The fresh cached config, else load it (404 if missing) and cache it."""
+        config = self.peek(instance_id)
+        if config is not None:
+            return config
+        generation = self._generation
+        _row, config = load_instance(state, instance_id)
+        if self.ttl > 0:
+            with self._lock:
+                if generation == self._generation:
+                    self._entries[instance_id] = (time.monotonic() + self.ttl, config)
+        return config
+
+    def forget(self, instance_id: str) -> None:
+        """Drop an instance's entry (after it changed or was deleted in this process)."""
+        with self._lock:
+            self._generation += 1
+            self._entries.pop(instance_id, None)
+
+
+def forget_instance(request: Request, instance_id: str) -> None:
+    """Invalidate this process's cached config of ``instance_id`` (see :class:`InstanceCache`)."""
+    cache = getattr(request.app.state, "instance_cache", None)
+    if cache is not None:
+        cache.forget(instance_id)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
 from indexer.instance import InstanceConfig, normalize_source
 from server.auth import EditDep, ReadDep
-from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, load_instance
+from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, forget_instance, load_instance
 from server.errors import APIError, envelope, validation_message
 from server.routes.search import similarity_cache
 from server.schemas import instance_public
@@ -30,7 +30,8 @@ def parse_config(data: dict[str, Any]) -> InstanceConfig:
 
 @router.post("")
 def create_instance(
-    _: AccountDep, __: EditDep, state: StateDep, settings: SettingsDep, body: dict[str, Any] = Body(...)
+    request: Request, _: AccountDep, __: EditDep, state: StateDep, settings: SettingsDep,
+    body: dict[str, Any] = Body(...),
 ) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise APIError(400, "body: must be a JSON object")
@@ -43,6 +44,7 @@ def create_instance(
         raise APIError(400, f"at most {settings.max_instances} instances per account")
     data = config.model_dump(mode="json")
     row = state.create_instance(config.id, config.type, config.source, data)
+    forget_instance(request, config.id)  # a same-named instance deleted by another process may still be cached
     return envelope(instance_public(row))
 
 
@@ -60,7 +62,7 @@ def get_instance(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str) 
 
 @router.patch("/{instance_id}")
 def update_instance(
-    _: AccountDep, __: EditDep, state: StateDep, instance_id: str, body: dict[str, Any] = Body(...)
+    request: Request, _: AccountDep, __: EditDep, state: StateDep, instance_id: str, body: dict[str, Any] = Body(...)
 ) -> dict[str, Any]:
     row, cfg = load_instance(state, instance_id)
     if not isinstance(body, dict):
@@ -77,11 +79,14 @@ def update_instance(
     merged = _deep_merge(current, body)
     config = parse_config(merged)
     state.update_instance_config(instance_id, config.model_dump(mode="json"))
+    forget_instance(request, instance_id)  # other API processes: within instance_cache_seconds
     return envelope(instance_public(state.get_instance(instance_id)))  # type: ignore[arg-type]
 
 
 @router.delete("/{instance_id}")
-def delete_instance(_: AccountDep, __: EditDep, state: StateDep, service: ServiceDep, instance_id: str) -> dict[str, Any]:
+def delete_instance(
+    request: Request, _: AccountDep, __: EditDep, state: StateDep, service: ServiceDep, instance_id: str
+) -> dict[str, Any]:
     row, _cfg = load_instance(state, instance_id)
     if state.active_job(instance_id):
         raise APIError(409, "a sync job is running for this instance; cancel it first")
@@ -89,6 +94,7 @@ def delete_instance(_: AccountDep, __: EditDep, state: StateDep, service: Servic
     service.raw.drop_instance(instance_id)
     similarity_cache(service).drop_instance(instance_id)
     state.delete_instance(instance_id)
+    forget_instance(request, instance_id)
     return envelope({"id": instance_id})
 
 

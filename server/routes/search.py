@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from indexer.answer import AnswerError, GenerationConfig, Generator, extractive_answer, extractive_parts, sources_block
 from indexer.instance import InstanceConfig
@@ -30,9 +31,9 @@ from indexer.metafilter import FilterError
 from indexer.rerank import RerankError, get_reranker
 from indexer.search import RetrievalOptions, SearchHit, search
 from indexer.simcache import SimilarityCache, threshold_name
-from server.auth import EditDep, Principal, RunDep
-from server.deps import AccountDep, RunnerDep, ServiceDep, StateDep, load_instance, run_search_pool
-from server.errors import APIError, envelope
+from server.auth import RUN, EditDep, Principal, RunDep, bearer_principal, check_permission, stored_principal
+from server.deps import AccountDep, InstanceCache, RunnerDep, ServiceDep, StateDep, load_instance, run_search_pool
+from server.errors import APIError, envelope, validation_message
 from server.routes.jobs import start_sync
 from server.schemas import RerankingOptions, SearchRequest, hit_public, job_public
 
@@ -189,15 +190,71 @@ def search_result(query: str, hits: list[SearchHit]) -> dict[str, Any]:
     }
 
 
-@router.post("/ai-search/instances/{instance_id}/search", response_model=None)
-async def instance_search(
-    request: Request, _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str,
-    body: SearchRequest,
-) -> Response:
-    # async route: the blocking part (instance lookup, embed, index queries) is one hop to the search pool
-    query, hits = await run_search_pool(request, run_search, state, service, principal, instance_id, body)
+#: ``/search`` reads its body itself (see :func:`instance_search`); this documents it in the OpenAPI schema.
+SEARCH_OPENAPI = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}}}}}
+
+
+@router.post("/ai-search/instances/{instance_id}/search", response_model=None, openapi_extra=SEARCH_OPENAPI)
+async def instance_search(request: Request, account_id: str, instance_id: str) -> Response:
+    """The hot path, outside FastAPI's dependency and body machinery, with the same checks in the same order.
+
+    On the event loop: account (404), bearer header (401; env token 403), body (400 naming the field),
+    a fresh cached instance config. Then one hop to the search pool for the rest: stored-token lookup
+    (403), instance lookup on a cache miss (404), embed + index queries, serialising the response.
+    """
+    app_state = request.app.state
+    if account_id != app_state.settings.account_id:
+        raise APIError(404, f"account {account_id!r} not found")
+    principal, token_hash = bearer_principal(app_state.settings, request.headers.get("authorization"))
+    if principal is not None:
+        check_permission(principal, RUN, request.scope["path"])
+    body = parse_search_body(await request.body(), request.headers.get("content-type"))
+    cache: InstanceCache = app_state.instance_cache
+    config = cache.peek(instance_id)
+    # async route: everything blocking is one hop to the search pool
+    payload = await run_search_pool(request, _search_payload, app_state, principal, token_hash, request.scope["path"],
+                                    instance_id, config, body)
+    return Response(payload, media_type="application/json")
+
+
+def parse_search_body(raw: bytes, content_type: str | None) -> SearchRequest | APIError:
+    """Validate a ``/search`` body once, straight from bytes; the 400 (returned, not raised) names the field.
+
+    Returned rather than raised so a stored token's 403 still wins over a bad body, as with FastAPI's
+    dependencies (auth) running before body validation.
+    """
+    if not raw:
+        return APIError(400, "body: field required")
+    if content_type and not _is_json(content_type):
+        try:  # what FastAPI did with a non-JSON body: validate the bytes (and fail naming the body)
+            return SearchRequest.model_validate(raw)
+        except ValidationError as exc:
+            return APIError(400, validation_message(list(exc.errors())))
+    try:
+        return SearchRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        return APIError(400, validation_message(list(exc.errors())))
+
+
+def _is_json(content_type: str) -> bool:
+    mime = content_type.partition(";")[0].strip().lower()
+    main, _, sub = mime.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _search_payload(app_state: Any, principal: Principal | None, token_hash: str, path: str, instance_id: str,
+                    config: InstanceConfig | None, body: SearchRequest | APIError) -> bytes:
+    """The blocking rest of :func:`instance_search` (on the search pool); returns the response body."""
+    if principal is None:
+        principal = check_permission(stored_principal(app_state.state.token_by_hash(token_hash)), RUN, path)
+    if isinstance(body, APIError):
+        raise body
+    if config is None:
+        config = app_state.instance_cache.get(app_state.state, instance_id)
+    query, hits = execute(app_state.service, principal, instance_id, plan_search(config, body))
     # Already plain JSON types: serialise once with orjson instead of FastAPI's recursive encoder.
-    return Response(orjson.dumps(envelope(search_result(query, hits))), media_type="application/json")
+    return orjson.dumps(envelope(search_result(query, hits)))
 
 
 CACHE_HEADER = "cf-aig-cache-status"
@@ -296,12 +353,9 @@ def _event(payload: dict[str, Any]) -> str:
 
 
 # --- legacy AutoRAG aliases -----------------------------------------------------------------
-@router.post("/autorag/rags/{instance_id}/search", tags=["legacy"], response_model=None)
-async def legacy_search(
-    request: Request, _: AccountDep, principal: RunDep, state: StateDep, service: ServiceDep, instance_id: str,
-    body: SearchRequest,
-) -> Response:
-    return await instance_search(request, _, principal, state, service, instance_id, body)
+@router.post("/autorag/rags/{instance_id}/search", tags=["legacy"], response_model=None, openapi_extra=SEARCH_OPENAPI)
+async def legacy_search(request: Request, account_id: str, instance_id: str) -> Response:
+    return await instance_search(request, account_id, instance_id)
 
 
 @router.post("/autorag/rags/{instance_id}/ai-search", tags=["legacy"], response_model=None)
