@@ -79,11 +79,25 @@ class KeywordHit:
 
 #: English function words left out of keyword queries: BM25 gives them almost no weight, but
 #: matching them touches nearly every row (an OR query) or demands them (an AND query).
+#: All 58 are in the Snowball English list that PostgreSQL's ``english`` configuration uses
+#: (``tsearch_data/english.stop``), so both keyword backends drop them, in both match modes.
 STOPWORDS = frozenset(
     "a an and are as at be been but by can do does for from had has have how i if in into is it its me my "
     "of on or our so than that the their them then there these they this to was we were what when where "
     "which who whom why will with you your".split()
 )
+
+
+#: Bounds on the rows an ``or`` query ranks (BM25 scores every matching row: a few common
+#: words made that most of the index, tens of ms at 100,000 chunks).  When the query's terms
+#: occur in more than ``RANK_ALL_ROWS`` rows (summed per term), terms found in more than
+#: ``COMMON_TERM_SHARE`` of the instance's rows are left out (a term in 20 % of the rows has an
+#: IDF of 1.4, a rare one 5-9), and only rows holding one of the rarest terms (up to
+#: ``CANDIDATE_SHARE`` of the rows, summed) are ranked, with every kept term scored.
+#: Chosen by measurement (``docs/search-quality.md``); see :meth:`KeywordIndex._or_expressions`.
+RANK_ALL_ROWS = 2_000
+COMMON_TERM_SHARE = 0.2
+CANDIDATE_SHARE = 0.1
 
 
 def query_terms(query: str, *, tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
@@ -368,22 +382,77 @@ class KeywordIndex:
         terms = query_terms(query, tokenizer=self.tokenizer(instance_id))
         if not terms:
             return []
-        match = match_expression(terms, match_mode)
+        exprs = self._or_expressions(conn, terms) if match_mode == "or" else [match_expression(terms, match_mode)]
         where_sql, params = where_to_sql(where)
-        sql = (
-            "SELECT c.chunk_id, c.text, c.meta, -bm25(fts, 2.0, 1.0) AS score"
-            " FROM fts JOIN chunks c ON c.rowid = fts.rowid"
-            f" WHERE fts MATCH ? AND {where_sql} ORDER BY bm25(fts, 2.0, 1.0) LIMIT ?"
+        # rank row ids only (sorting every match with its text and JSON attached cost as much as
+        # BM25 itself), then read the best n rows
+        ranked = (
+            "SELECT fts.rowid, -bm25(fts, 2.0, 1.0) AS score FROM fts"
+            + ("" if where_sql == "1" else " JOIN chunks c ON c.rowid = fts.rowid")
+            + f" WHERE fts MATCH ? AND {where_sql} ORDER BY score DESC LIMIT ?"
         )
+        best: dict[int, float] = {}
         try:
-            rows = conn.execute(sql, [match, *params, n]).fetchall()
+            for expr in exprs:
+                for rowid, score in conn.execute(ranked, [expr, *params, n]):
+                    best[rowid] = max(score, best.get(rowid, score))
         except sqlite3.OperationalError as exc:  # e.g. a term FTS5 refuses
-            logger.warning("keyword query %r failed: %s", match, exc)
+            logger.warning("keyword query %r failed: %s", exprs, exc)
             return []
+        top = sorted(best.items(), key=lambda kv: kv[1], reverse=True)[:n]
+        if not top:
+            return []
+        marks = ",".join("?" * len(top))
+        rows = {
+            rowid: (cid, text, meta)
+            for rowid, cid, text, meta in conn.execute(
+                f"SELECT rowid, chunk_id, text, meta FROM chunks WHERE rowid IN ({marks})", [r for r, _ in top]
+            )
+        }
         hits = []
-        for cid, text, meta, score in rows:
+        for rowid, score in top:
+            cid, text, meta = rows[rowid]
             hits.append(KeywordHit(cid, text, json.loads(meta), float(score)))
         return hits
+
+    @staticmethod
+    def _or_expressions(conn: sqlite3.Connection, terms: list[str]) -> list[str]:
+        """The MATCH expressions an ``or`` query ranks (their best rows merged, each row at its best score).
+
+        All terms OR'ed when they occur in at most :data:`RANK_ALL_ROWS` rows together (exact OR).
+        Else terms in more than :data:`COMMON_TERM_SHARE` of the rows are left out (the rarest is
+        kept if all are), the rarest of the rest up to :data:`CANDIDATE_SHARE` of the rows (summed)
+        are the candidates' terms R and the others M: ``(R) AND (M)`` scores rows holding both with
+        every term, ``R`` the rows holding only R terms.  A row's score in the second is at most its
+        score in the first, so the merged best ``n`` are exactly the best ``n`` rows holding an R term
+        by BM25 over R and M.
+        """
+        expr = match_expression(terms, "or")
+        if len(terms) < 2:
+            return [expr]
+        try:
+            df = {
+                t: conn.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", [match_expression([t])]).fetchone()[0]
+                for t in terms
+            }
+        except sqlite3.OperationalError:  # a term FTS5 refuses: let the full query report it
+            return [expr]
+        if sum(df.values()) <= RANK_ALL_ROWS:
+            return [expr]
+        total = conn.execute("SELECT count(*) FROM fts_docsize").fetchone()[0]
+        kept = sorted((t for t in terms if df[t] <= COMMON_TERM_SHARE * total), key=df.__getitem__)
+        if not kept:
+            return [match_expression([min(terms, key=df.__getitem__)])]
+        rare: list[str] = []
+        rows = 0
+        for t in kept:
+            if rare and rows + df[t] > CANDIDATE_SHARE * total:
+                break
+            rare.append(t)
+            rows += df[t]
+        others = kept[len(rare) :]
+        r = match_expression(rare, "or")
+        return [r] if not others else [f"({r}) AND ({match_expression(others, 'or')})", r]
 
     def score_ids(self, instance_id: str, query: str, chunk_ids: list[str]) -> dict[str, float]:
         """BM25 of the given chunks for ``query`` (OR of its terms); chunks matching no term are left out."""

@@ -133,3 +133,58 @@ def test_backfill_from_vector_store(store: VectorStore) -> None:
     assert store.backfill_keywords("t") == 6
     assert [h.chunk_id for h in store.keywords.query("t", "re.findall", n=5)] == ["c:0"]
     assert store.backfill_keywords("t") == 0
+
+
+@pytest.fixture(scope="module")
+def big_index(tmp_path_factory: pytest.TempPathFactory) -> KeywordIndex:
+    """2,503 rows: "widget" in all but two (common), "gizmo" in 12 % (neither common nor rare),
+    "zebra" in two (rare), stop words everywhere."""
+    kw = KeywordIndex(tmp_path_factory.mktemp("kw-big"))
+    texts = [f"the widget model {i} of the catalogue" + (" gizmo" if i < 300 else "") for i in range(2500)]
+    texts += ["the zebra widget", "zebra crossing gizmo", "to be or not to be"]
+    ids = [f"x:{i}" for i in range(len(texts))]
+    metas = [{"item_id": "x", "kind": "z" if "zebra" in t else "w"} for t in texts]
+    kw.replace_item("t", "x", ids, texts, metas)
+    return kw
+
+
+def test_or_query_ranks_without_terms_most_rows_hold(big_index: KeywordIndex) -> None:
+    # "widget" is in 99.9 % of the rows: BM25 gives it almost no weight, and matching it meant
+    # scoring every row; the rarer "zebra" remains, so only its rows are ranked.
+    hits = big_index.query("t", "widget zebra", n=50)
+    assert {h.chunk_id for h in hits} == {"x:2500", "x:2501"}
+    assert {h.chunk_id for h in big_index.query("t", "widget zebra", n=50, where={"kind": {"$eq": "z"}})} == {
+        "x:2500", "x:2501"}
+    # a query of common terms only still matches them (the rarest one)
+    assert len(big_index.query("t", "widget", n=50)) == 50
+    assert len(big_index.query("t", "widget catalogue", n=50)) == 50
+
+
+def test_or_query_ranks_rows_holding_a_rare_term_with_every_term(big_index: KeywordIndex) -> None:
+    # "widget" is left out; "gizmo" (301 rows) is over the candidate budget: only rows holding
+    # "zebra" are ranked, and "gizmo" still counts in their score
+    hits = big_index.query("t", "widget zebra gizmo", n=50)
+    assert [h.chunk_id for h in hits] == ["x:2501", "x:2500"]
+    zebra_only = {h.chunk_id: h.bm25 for h in big_index.query("t", "zebra", n=50)}
+    assert hits[0].bm25 > zebra_only["x:2501"] and hits[1].bm25 == pytest.approx(zebra_only["x:2500"])
+    assert len(big_index.query("t", "gizmo widget", n=500)) == 301  # no rarer term: gizmo's rows
+
+
+def test_and_mode_keeps_every_term(big_index: KeywordIndex) -> None:
+    assert [h.chunk_id for h in big_index.query("t", "widget zebra", n=50, match_mode="and")] == ["x:2500"]
+
+
+def test_stop_words_dropped_unless_the_query_is_only_stop_words(big_index: KeywordIndex) -> None:
+    # "the" is in nearly every row: dropped in both modes ("zebra crossing" has no "the")
+    assert {h.chunk_id for h in big_index.query("t", "the zebra", n=50, match_mode="and")} == {"x:2500", "x:2501"}
+    assert {h.chunk_id for h in big_index.query("t", "the zebra", n=50)} == {"x:2500", "x:2501"}
+    assert [h.chunk_id for h in big_index.query("t", "to be", n=50)] == ["x:2502"]
+
+
+def test_small_or_query_matches_every_term(tmp_path: Path) -> None:
+    # below RANK_ALL_ROWS matching rows, an OR query is exact: a common term still brings its rows
+    kw = KeywordIndex(tmp_path)
+    texts = ["widget one", "widget two", "widget three", "zebra widget", "zebra"]
+    kw.replace_item("t", "x", [f"x:{i}" for i in range(5)], texts, [{"item_id": "x"}] * 5)
+    hits = kw.query("t", "widget zebra", n=10)
+    assert {h.chunk_id for h in hits} == {f"x:{i}" for i in range(5)}
