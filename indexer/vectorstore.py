@@ -38,6 +38,14 @@ logger = logging.getLogger(__name__)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: New collections: cosine space and a denser, wider-searched HNSW graph than Chroma's
+#: defaults (M 16, ef 100).  Measured on 3,000 near-duplicate pages and 1,083 queries
+#: inserted in 3 random orders: defaults returned a top 10 different from exact search
+#: for 3 queries, these for none (tests/test_scaleout.py compares a 2-writer Chroma server
+#: with a single-process store and needs exact agreement).  Existing collections keep
+#: the parameters they were created with.
+HNSW_METADATA = {"hnsw:space": "cosine", "hnsw:construction_ef": 200, "hnsw:search_ef": 200, "hnsw:M": 32}
+
 
 class StoreUnavailableError(IndexerError):
     """The Chroma server cannot be reached (the API answers 503)."""
@@ -147,7 +155,7 @@ class VectorStore:
         if col is None:
             name = collection_name(instance_id)
             try:
-                col = self.client.get_or_create_collection(name, embedding_function=None, metadata={"hnsw:space": "cosine"})
+                col = self.client.get_or_create_collection(name, embedding_function=None, metadata=HNSW_METADATA)
             except httpx.TransportError:
                 raise
             except Exception as exc:  # noqa: BLE001 - two processes creating it at once: the loser finds it created
