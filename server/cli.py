@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ValueError as exc:  # bad settings (pydantic's ValidationError is a ValueError): a message, not a traceback
+        print(f"sitesearch: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

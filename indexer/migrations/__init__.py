@@ -21,7 +21,11 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
+# Alembic logs its plugin setup at INFO when it is imported and "Context impl ..." on every
+# open; quiet it before the imports below (upgrade() logs what actually ran).
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -30,8 +34,6 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 logger = logging.getLogger(__name__)
-# Alembic logs its setup at INFO on every open ("Context impl ..."); upgrade() logs what ran.
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
