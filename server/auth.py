@@ -87,16 +87,27 @@ def _env_principal(settings: Settings, secret: str) -> Principal | None:
     return None
 
 
-def _stored_principal(row: dict | None) -> Principal:
+def stored_principal(row: dict | None) -> Principal:
+    """The principal of a stored token row (403 when there is none)."""
     if row is None:
         raise APIError(403, "invalid API token")
     return Principal(row["id"], row["name"], frozenset(row["permissions"]), row.get("folder_prefix"))
 
 
+def bearer_principal(settings: Settings, authorization: str | None) -> tuple[Principal | None, str]:
+    """The I/O-free half of :func:`authenticate`: ``(env principal, "")`` or ``(None, secret hash)``.
+
+    For a stored token, finish with ``stored_principal(state.token_by_hash(hash))`` off the event loop.
+    """
+    secret = _bearer_secret(authorization)
+    principal = _env_principal(settings, secret)
+    return (principal, "") if principal is not None else (None, hash_secret(secret))
+
+
 def authenticate(settings: Settings, state: StateStore, authorization: str | None) -> Principal:
     """Resolve an ``Authorization`` header to a principal (401 missing, 403 wrong)."""
-    secret = _bearer_secret(authorization)
-    return _env_principal(settings, secret) or _stored_principal(state.token_by_hash(hash_secret(secret)))
+    principal, token_hash = bearer_principal(settings, authorization)
+    return principal or stored_principal(state.token_by_hash(token_hash))
 
 
 async def authenticate_request(request: Request) -> Principal:
@@ -105,10 +116,9 @@ async def authenticate_request(request: Request) -> Principal:
     Tokens are looked up on every request (no cache), so a revoked token fails at once.
     """
     app_state = request.app.state
-    secret = _bearer_secret(request.headers.get("authorization"))
-    principal = _env_principal(app_state.settings, secret)
+    principal, token_hash = bearer_principal(app_state.settings, request.headers.get("authorization"))
     if principal is None:
-        principal = _stored_principal(await run_in_threadpool(app_state.state.token_by_hash, hash_secret(secret)))
+        principal = stored_principal(await run_in_threadpool(app_state.state.token_by_hash, token_hash))
     return principal
 
 
@@ -132,21 +142,6 @@ def check_permission(principal: Principal, permission: str, path: str) -> Princi
             "items and tokens under it, not change instances or jobs",
         )
     return principal
-
-
-def bearer_principal(settings: Settings, authorization: str | None) -> tuple[Principal | None, str]:
-    """The first, I/O-free half of :func:`authenticate`: ``(env principal, "")`` or ``(None, secret hash)``.
-
-    For a stored token, finish with ``stored_principal(state.token_by_hash(hash))`` off the event loop.
-    """
-    secret = _bearer_secret(authorization)
-    principal = _env_principal(settings, secret)
-    return (principal, "") if principal is not None else (None, hash_secret(secret))
-
-
-def stored_principal(row: dict | None) -> Principal:
-    """The principal of a stored token row (403 when there is none)."""
-    return _stored_principal(row)
 
 
 def tenant_may_edit(path: str) -> bool:
