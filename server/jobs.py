@@ -91,11 +91,16 @@ class JobRunner:
         started = job.get("started_at") or job.get("created_at") or 0
         if time.time() - started < 2 * HEARTBEAT_TTL:
             return True
+        frontier = None
         try:
-            return SharedFrontier.from_url(self.settings.redis_url, job["id"]).live_workers() > 0
+            frontier = SharedFrontier.from_url(self.settings.redis_url, job["id"])
+            return frontier.live_workers() > 0
         except Exception:  # noqa: BLE001 - cannot tell: keep the job
             logger.warning("Redis unreachable: cannot check the workers of job %s", job["id"])
             return True
+        finally:
+            if frontier is not None:
+                frontier.redis.close()  # checked every 10 s per running job: don't leave connections behind
 
     def launch(self, job: dict[str, Any]) -> None:
         """Start the crawler process for a queued job."""
