@@ -76,3 +76,4 @@ def wait_until(predicate: Any, *, timeout: float = 120.0, interval: float = 0.2)
 
 
 from tests.services import chroma_url, postgres_url, redis_url  # noqa: E402,F401  (service fixtures)
+from tests.databases import state  # noqa: E402,F401  (a StateStore on the module's database_url)

@@ -8,13 +8,16 @@ an empty database of its own.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from indexer.state import StateStore
 from tests.services import create_database
 
 DATABASES = ["sqlite", "postgres"]
+INSTANCE = "site"  # the instance the ``state`` fixture creates
 
 
 def new_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
@@ -29,3 +32,12 @@ def new_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> s
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty state database, once on SQLite and once on PostgreSQL."""
     return new_database(request, request.param, tmp_path)
+
+
+@pytest.fixture()
+def state(database_url: str) -> Iterator[StateStore]:
+    """A :class:`StateStore` on ``database_url`` holding one web-crawler instance, :data:`INSTANCE`."""
+    store = StateStore(database_url)
+    store.create_instance(INSTANCE, "web-crawler", "http://example.test", {"id": INSTANCE})
+    yield store
+    store.close()

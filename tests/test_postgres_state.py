@@ -12,7 +12,6 @@ import multiprocessing
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,20 +19,11 @@ from sqlalchemy import event
 
 from indexer.config import Settings
 from indexer.state import StateStore, normalize_database_url
-from tests.databases import database_url  # noqa: F401 - fixture
+from tests.databases import INSTANCE, database_url  # noqa: F401 - fixture (and `state`, via conftest)
 from tests.services import create_database
 
-INSTANCE = "site"
 PROCS = 3
 ROUNDS = 8
-
-
-@pytest.fixture()
-def state(database_url: str) -> Iterator[StateStore]:  # noqa: F811 - the fixture
-    store = StateStore(database_url)
-    store.create_instance(INSTANCE, "web-crawler", "http://example.test", {"id": INSTANCE})
-    yield store
-    store.close()
 
 
 def run_processes(target: Any, url: str, *args: Any) -> list[Any]:

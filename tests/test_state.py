@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +10,7 @@ import pytest
 import sqlalchemy.exc
 
 from indexer.state import StateStore, item_id_for
-from tests.databases import database_url  # noqa: F401 - fixture
-
-INSTANCE = "site"
-
-
-@pytest.fixture()
-def state(database_url: str) -> Iterator[StateStore]:  # noqa: F811 - the fixture
-    store = StateStore(database_url)
-    store.create_instance(INSTANCE, "web-crawler", "http://example.test", {"id": INSTANCE})
-    yield store
-    store.close()
+from tests.databases import INSTANCE, database_url  # noqa: F401 - fixture (and `state`, via conftest)
 
 
 def rows(*specs: tuple[str, float, int]) -> list[dict[str, Any]]:
