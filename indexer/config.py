@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # /search reuses an instance's validated config for this long (0 = read it every request). A PATCH/DELETE
     # takes effect at once in the API process that served it, and within this many seconds in the others.
     instance_cache_seconds: float = Field(default=1.0, ge=0)
+    # JSON request bodies (search, instances, jobs, tokens, NLWeb) over this many bytes get 413; uploads have their own limit
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
     rerank_model_dir: Path | None = Field(
         default=None, description="A cross-encoder ONNX directory (model.onnx + tokenizer.json) for reranking"
     )

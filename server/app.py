@@ -15,16 +15,14 @@ from indexer import __version__
 from indexer.config import Settings, get_settings
 from indexer.service import IndexService, describe
 from indexer.state import StateStore
+from server.asgi import SitesearchAPI
 from server.auth import ensure_bootstrap_token
 from server.deps import InstanceCache
-from indexer.vectorstore import StoreUnavailableError
-from server.errors import CODE_INTERNAL, error_response, install_error_handlers
+from server.errors import install_error_handlers
 from server.jobs import IndexWorker, JobRunner
-from server.scheduler import Scheduler
 from server.mcp_server import mount_mcp
-from server.routes import instances, jobs, search
-from server.routes import nlweb, playground
-from server.routes import items, tokens
+from server.routes import instances, items, jobs, nlweb, playground, search, tokens
+from server.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.close()
             state.close()
 
-    app = FastAPI(
+    app = SitesearchAPI(  # FastAPI + a request body limit + POST …/search served before the middleware stack
         title="sitesearch",
         version=__version__,
         description="Self-hosted AI search for your website, compatible with Cloudflare AI Search's REST API.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
-
-    @app.exception_handler(StoreUnavailableError)
-    async def _store_unavailable(_: Any, exc: StoreUnavailableError) -> Any:  # Chroma server down: retry later
-        return error_response(503, str(exc), code=CODE_INTERNAL, headers={"Retry-After": "5"})
 
     app.include_router(instances.router)
     app.include_router(jobs.router)

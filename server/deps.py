@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Request
@@ -56,14 +57,14 @@ async def check_account(settings: SettingsDep, account_id: Annotated[str, Path()
 AccountDep = Annotated[str, Depends(check_account)]
 
 
-async def run_search_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking ``fn(*args)`` (embed + index queries) on the app's search pool.
+async def run_search_pool(pool: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``fn(*args)`` (embed + index queries) on the app's search pool (``app.state.search_pool``).
 
     A small pool sized to the cores (``Settings.search_threads``) rather than the
     40-thread default pool: concurrent searches then queue instead of oversubscribing
     the CPU, and one thread hop serves the whole request.
     """
-    return await asyncio.get_running_loop().run_in_executor(request.app.state.search_pool, lambda: fn(*args))
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 def load_instance(state: StateStore, instance_id: str) -> tuple[dict[str, Any], InstanceConfig]:

@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.vectorstore import StoreUnavailableError
+
 logger = logging.getLogger(__name__)
 
 # Error codes (stable; documented in the README).
@@ -109,12 +111,32 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(msgs)
 
 
+def api_error_response(exc: APIError) -> JSONResponse:
+    """The envelope response of an :class:`APIError`."""
+    return error_response(exc.status, exc.message, code=exc.code, headers=exc.headers)
+
+
+def unavailable_response(exc: StoreUnavailableError) -> JSONResponse:
+    """503 while a Chroma server is down: the client should retry."""
+    return error_response(503, str(exc), code=CODE_INTERNAL, headers={"Retry-After": "5"})
+
+
+def internal_error_response(method: str, path: str) -> JSONResponse:
+    """Log the exception being handled (with its traceback) and answer a generic 500."""
+    logger.exception("unhandled error on %s %s", method, path)
+    return error_response(500, "internal error; see the server log", code=CODE_INTERNAL)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the envelope handlers on an app."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, code=exc.code, headers=exc.headers)
+        return api_error_response(exc)
+
+    @app.exception_handler(StoreUnavailableError)
+    async def _store_unavailable(_: Request, exc: StoreUnavailableError) -> JSONResponse:
+        return unavailable_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -129,5 +151,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; see the server log", code=CODE_INTERNAL)
+        return internal_error_response(request.method, request.url.path)

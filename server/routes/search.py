@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -24,15 +23,37 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from indexer.answer import AnswerError, GenerationConfig, Generator, extractive_answer, extractive_parts, sources_block
+from indexer.answer import (
+    AnswerError,
+    GenerationConfig,
+    Generator,
+    extractive_answer,
+    extractive_parts,
+    sources_block,
+)
 from indexer.instance import InstanceConfig
 from indexer.keyword import KeywordQueryError
 from indexer.metafilter import FilterError
 from indexer.rerank import RerankError, get_reranker
 from indexer.search import RetrievalOptions, SearchHit, search
 from indexer.simcache import SimilarityCache, threshold_name
-from server.auth import RUN, EditDep, Principal, RunDep, bearer_principal, check_permission, stored_principal
-from server.deps import AccountDep, InstanceCache, RunnerDep, ServiceDep, StateDep, load_instance, run_search_pool
+from server.auth import (
+    RUN,
+    EditDep,
+    Principal,
+    RunDep,
+    bearer_principal,
+    check_permission,
+    stored_principal,
+)
+from server.deps import (
+    AccountDep,
+    RunnerDep,
+    ServiceDep,
+    StateDep,
+    load_instance,
+    run_search_pool,
+)
 from server.errors import APIError, envelope, validation_message
 from server.routes.jobs import start_sync
 from server.schemas import RerankingOptions, SearchRequest, hit_public, job_public
@@ -197,25 +218,33 @@ SEARCH_OPENAPI = {"requestBody": {"required": True, "content": {
 
 @router.post("/ai-search/instances/{instance_id}/search", response_model=None, openapi_extra=SEARCH_OPENAPI)
 async def instance_search(request: Request, account_id: str, instance_id: str) -> Response:
-    """The hot path, outside FastAPI's dependency and body machinery, with the same checks in the same order.
+    """``/search`` when reached through FastAPI's router (the served app answers it first, in :mod:`server.asgi`)."""
+    headers = request.headers
+    payload = await search_bytes(request.app.state, account_id, instance_id, request.scope["path"],
+                                 headers.get("authorization"), headers.get("content-type"), await request.body())
+    return Response(payload, media_type="application/json")
 
-    On the event loop: account (404), bearer header (401; env token 403), body (400 naming the field),
-    a fresh cached instance config. Then one hop to the search pool for the rest: stored-token lookup
-    (403), instance lookup on a cache miss (404), embed + index queries, serialising the response.
+
+async def search_bytes(app_state: Any, account_id: str, instance_id: str, path: str, authorization: str | None,
+                       content_type: str | None, raw: bytes) -> bytes:
+    """One ``/search`` request, from its parts to the response body; raises :class:`APIError`.
+
+    Outside FastAPI's dependency and body machinery, with the same checks in the same order.
+    On the event loop: account (404), bearer header (401; env token 403), body (400 naming the
+    field), a fresh cached instance config. Then one hop to the search pool for the rest:
+    stored-token lookup (403), instance lookup on a cache miss (404), embed + index queries,
+    serialising the response.
     """
-    app_state = request.app.state
     if account_id != app_state.settings.account_id:
         raise APIError(404, f"account {account_id!r} not found")
-    principal, token_hash = bearer_principal(app_state.settings, request.headers.get("authorization"))
+    principal, token_hash = bearer_principal(app_state.settings, authorization)
     if principal is not None:
-        check_permission(principal, RUN, request.scope["path"])
-    body = parse_search_body(await request.body(), request.headers.get("content-type"))
-    cache: InstanceCache = app_state.instance_cache
-    config = cache.peek(instance_id)
-    # async route: everything blocking is one hop to the search pool
-    payload = await run_search_pool(request, _search_payload, app_state, principal, token_hash, request.scope["path"],
-                                    instance_id, config, body)
-    return Response(payload, media_type="application/json")
+        check_permission(principal, RUN, path)
+    body = parse_search_body(raw, content_type)
+    config = app_state.instance_cache.peek(instance_id)
+    # everything blocking is one hop to the search pool
+    return await run_search_pool(app_state.search_pool, _search_payload, app_state, principal, token_hash, path,
+                                 instance_id, config, body)
 
 
 def parse_search_body(raw: bytes, content_type: str | None) -> SearchRequest | APIError:
