@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--clients", default="1,4", help="comma-separated client counts")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measured round")
-    parser.add_argument("--rounds", type=int, default=2, help="bare/server pairs per client count (ABBA order)")
+    parser.add_argument("--rounds", type=int, default=4, help="bare/server pairs per client count (ABBA order)")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     args = parser.parse_args(argv)
 
