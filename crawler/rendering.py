@@ -4,8 +4,12 @@ Static fetching is the default; nothing here is active unless an instance asks f
 rendering.  Then the ``site`` spider calls :func:`apply_rendering_settings` from
 ``from_crawler`` (before Scrapy freezes its settings), which registers
 scrapy-playwright's download handlers for this run only, and marks each *page*
-request with :meth:`ContextRecycler.request_meta` (robots.txt and sitemaps are
-always fetched statically).
+request ``meta[RENDER_META]`` (robots.txt and sitemaps are always fetched
+statically). :class:`RenderContextMiddleware` turns that mark into
+:meth:`ContextRecycler.request_meta` when the request is about to be downloaded,
+in the process that downloads it: with a shared Redis frontier the worker that
+made a request is often not the one that renders it, and each worker's contexts
+count only the pages it renders.
 
 The browser is the system's Debian chromium (``/usr/bin/chromium``); we never run
 ``playwright install``.  Headless browsers grow over long crawls, so pages are
@@ -42,6 +46,9 @@ NAVIGATION_TIMEOUT_MS = 30_000  # milliseconds
 PLAYWRIGHT_HANDLER = "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"
 ASYNCIO_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 _BLOCKED_RESOURCES = frozenset({"image", "media", "font"})  # never needed to build the text of a page
+
+
+RENDER_META = "sitesearch_render"  # request meta: render this page (assigned a context at download time)
 
 
 def _abort_request(request: Any) -> bool:
@@ -163,3 +170,22 @@ class ContextRecycler:
                 logger.info("browser context %s recycled", name)
             except Exception as exc:
                 logger.debug("closing context %s failed: %s", name, exc)
+
+
+class RenderContextMiddleware:
+    """Downloader middleware: a page marked ``meta[RENDER_META]`` gets its browser context as it is downloaded.
+
+    A no-op for static crawls and for requests without the mark (robots.txt, sitemaps).
+    """
+
+    def __init__(self, crawler: Any) -> None:
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> RenderContextMiddleware:
+        return cls(crawler)
+
+    def process_request(self, request: Any) -> None:
+        renderer = getattr(self.crawler.spider, "renderer", None)
+        if renderer is not None and request.meta.get(RENDER_META) and not request.meta.get("playwright"):
+            request.meta.update(renderer.request_meta())

@@ -63,3 +63,5 @@ RENDER_CONTEXT_PAGES = _s.render_context_pages  # pages per browser context befo
 
 # --- our components ------------------------------------------------------------------------
 EXTENSIONS = {"crawler.indexing.IndexingExtension": 500}
+# late in the chain, so a request another middleware drops never holds a browser context
+DOWNLOADER_MIDDLEWARES = {"crawler.rendering.RenderContextMiddleware": 950}

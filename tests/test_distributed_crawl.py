@@ -323,3 +323,70 @@ def test_a_follower_takes_over_when_the_leader_dies_during_discovery(
     assert job["status"] == "completed" and job["fetched"] == n, job
     lines, _ = state.job_logs(job["id"], limit=10_000)
     assert any("takes over as leader" in l["message"] for l in lines)
+
+
+# --- rendered pages, two workers ----------------------------------------------------------------------
+RENDERED = 24
+CONTEXT_PAGES = 4
+
+
+def write_js_pages(root: Path, n: int) -> None:
+    """Pages whose text exists only once their inline script has run (the word is split in the source)."""
+    for i in range(n):
+        w = word(i)
+        parts = " + ".join(f"'{w[k:k + 3]}'" for k in range(0, len(w), 3))
+        (root / f"p{i}.html").write_text(
+            f"<!doctype html><html><head><title>Page {i}</title></head><body><main id='m'></main><script>"
+            f"var w = {parts}; document.getElementById('m').innerHTML = '<h1>Page ' + w + '</h1><p>The keeper of ' + w"
+            f" + ' writes down the weather every morning, and the notes of ' + w + ' go back years.</p>';"
+            f"</script></body></html>"
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no /usr/bin/chromium")
+def test_two_workers_render_pages_and_recycle_their_own_contexts(
+    tmp_path: Path, model_dir: Path, redis_url: str, chroma_url: str
+) -> None:
+    """Each worker assigns browser contexts to the pages it renders (not to the pages it queued for others)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    write_js_pages(root, RENDERED)
+    settings = make_settings(tmp_path / "data", model_dir, redis_url=redis_url, chroma_url=chroma_url,
+                             concurrent_requests_per_host=4, render_context_pages=CONTEXT_PAGES)
+    with DevSite(root, delay=0.05) as site:
+        write_sitemap_site(root, site.url, {f"p{i}": {} for i in range(RENDERED)})
+        instance_id = f"render-{uuid.uuid4().hex[:6]}"
+        with TestClient(create_app(settings)) as client:
+            body = {"id": instance_id, "type": "web-crawler", "source": site.url,
+                    "source_params": {"web_crawler": {"parse_options": {"use_browser_rendering": True}}}}
+            r = client.post(f"{ACCOUNT}/instances", json=body, headers=AUTH)
+            assert r.status_code == 200, r.text
+        site.clear()
+        workers = start_workers(settings, instance_id, tmp_path)
+        wait_workers(workers, tmp_path, timeout=240)
+        gets = Counter(r.path for r in site.requests if r.method == "GET" and r.path.startswith("/p"))
+        assert gets == Counter({f"/p{i}.html": 1 for i in range(RENDERED)}), gets
+
+    state = StateStore(settings.resolved_database_url)
+    job = state.list_jobs(instance_id)[0]
+    assert job["status"] == "completed", job
+    assert (job["fetched"], job["indexed"], job["errors"]) == (RENDERED, RENDERED, 0), job
+    for k, proc in enumerate(workers):
+        log = (tmp_path / f"w{k}.log").read_text()
+        assert "has been closed" not in log, log[-3000:]  # no context closed under a page still rendering
+        mine = [line for line in log.splitlines() if f":{proc.pid}:" in line and "it fetched" in line]
+        fetched = int(mine[-1].rsplit("fetched ", 1)[1].split()[0])
+        assert fetched > 0, log[-3000:]
+        # this worker used up and closed its contexts, all but the one in use at its end
+        assert log.count("recycled") >= -(-fetched // CONTEXT_PAGES) - 1, (k, fetched, log.count("recycled"))
+
+    with TestClient(create_app(settings)) as client:
+        for i in range(RENDERED):
+            r = client.post(
+                f"{ACCOUNT}/instances/{instance_id}/search",
+                json={"query": word(i), "ai_search_options": {"retrieval": {"retrieval_type": "keyword", "max_num_results": 3}}},
+                headers=AUTH,
+            )
+            hits = r.json()["result"]["data"]
+            assert hits and hits[0]["filename"].endswith(f"p{i}.html"), (i, hits)

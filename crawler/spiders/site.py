@@ -40,7 +40,7 @@ from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
 from crawler.discovery import Scope, extract_links, same_site_host
-from crawler.rendering import ContextRecycler, apply_rendering_settings
+from crawler.rendering import RENDER_META, ContextRecycler, apply_rendering_settings
 from crawler.freshness import decide
 from crawler.robots import RobotsTxt, robots_policy_for_status
 from crawler.shared_frontier import SharedFrontier
@@ -420,7 +420,7 @@ class SiteSpider(scrapy.Spider):
                 "site_depth": item.get("depth") or 0,
                 "handle_httpstatus_list": PAGE_STATUSES,
                 "download_maxsize": self.settings_obj.max_page_bytes,
-                **(self.renderer.request_meta() if self.renderer is not None else {}),
+                **({RENDER_META: True} if self.renderer is not None else {}),  # context: RenderContextMiddleware
             },
         )
 
