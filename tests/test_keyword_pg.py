@@ -144,3 +144,29 @@ def test_filter_values_of_another_type_never_match(pg_engine: Engine) -> None:
     assert ids({"v": {"$ne": 5}}) == {"s:0", "z:0"}
     assert ids({"v": {"$in": ["5", 7]}}) == {"s:0"}
     assert ids({"v": {"$nin": [5]}}) == {"s:0", "z:0"}
+
+
+def test_or_queries_over_many_rows_rank_only_rows_with_a_rare_term(pg_engine: Engine) -> None:
+    """Past RANK_ALL_ROWS matches, a term in most rows is left out and rows holding a rarer one are ranked.
+
+    Term shares come from the column's statistics, so the table is ANALYZEd first (autovacuum does it
+    in production). Below the threshold, or with a rare term only, the query is the exact ``or``.
+    """
+    kw = PgKeywordIndex(pg_engine)
+    n = 3000
+    texts = [
+        "weather notes" + (" zebra" if i % 100 == 0 else "") + (" quokka" if i % 7 == 0 else "") for i in range(n)
+    ]
+    ids = [f"r:{i}" for i in range(n)]
+    kw.replace_item("big", "r", ids, texts, [{"item_id": "r"} for _ in ids])
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE keyword_chunks")
+    kw = PgKeywordIndex(pg_engine)  # no cached statistics
+    zebra = {f"r:{i}" for i in range(0, n, 100)}
+    # "weather" is in every row: left out; only the 30 zebra rows are ranked, those with quokka too first
+    hits = kw.query("big", "weather zebra quokka", n=50)
+    assert {h.chunk_id for h in hits} == zebra  # not quokka-only rows: quokka (14 %) is past the candidates' 10 %
+    assert {h.chunk_id for h in hits[:5]} == {f"r:{i}" for i in range(0, n, 700)}  # zebra and quokka
+    assert kw.query("big", "weather", n=5) and len(kw.query("big", "weather zebra", n=50)) == 30
+    # few matches: the exact `or` (every matching row ranked)
+    assert {h.chunk_id for h in kw.query("big", "zebra nothinglikeit", n=50)} == zebra
