@@ -12,7 +12,8 @@ matches the two ``/search`` paths (``/ai-search/instances/{id}/search`` and the 
 ``/autorag/rags/{id}/search``) first and hands them to :func:`serve_search`, which reads the
 body (bounded), calls :func:`server.routes.search.search_bytes` — the function the FastAPI
 route uses too — and renders errors with the app's own envelope helpers. Every other request,
-and ``/search`` before the lifespan has started, goes through FastAPI.
+and ``/search`` before the lifespan has started, goes through FastAPI. (So FastAPI's
+OpenTelemetry instrumentation, when configured, makes no span for ``/search``.)
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ async def serve_search(app: FastAPI, scope: Scope, receive: Receive, send: Send,
 def _headers(scope: Scope) -> dict[str, str]:
     """The request headers read here (names lower-case, values latin-1 like Starlette's)."""
     wanted = (b"authorization", b"content-type", b"content-length")
-    return {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in wanted}
+    found: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        if k in wanted:
+            found.setdefault(k.decode(), v.decode("latin-1"))  # the first, as Starlette's headers.get
+    return found
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
