@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 
 def _apply_common(args: argparse.Namespace) -> None:
     """Command-line options become ``SITESEARCH_*`` variables, read by the one settings object."""
@@ -134,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except ValueError as exc:  # bad settings (pydantic's ValidationError is a ValueError): a message, not a traceback
+    except ValidationError as exc:  # bad settings: one line per variable, not a traceback
+        for err in exc.errors():
+            name = "SITESEARCH_" + "_".join(str(p) for p in err["loc"]).upper()
+            print(f"sitesearch: {name}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # other bad settings (e.g. an unsupported database URL)
         print(f"sitesearch: {exc}", file=sys.stderr)
         return 2
 
