@@ -7,9 +7,14 @@ not here.
 
 from __future__ import annotations
 
-from indexer.config import get_settings
+from pydantic import ValidationError
 
-_s = get_settings()
+from indexer.config import get_settings, settings_errors
+
+try:
+    _s = get_settings()
+except ValidationError as _exc:  # a bad SITESEARCH_* variable: say which, not a traceback
+    raise SystemExit("\n".join(f"sitesearch: {line}" for line in settings_errors(_exc))) from None
 
 BOT_NAME = "sitesearch"
 SPIDER_MODULES = ["crawler.spiders"]

@@ -15,7 +15,7 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer import __version__
@@ -138,6 +138,15 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Return the process-wide settings (cached; tests build their own ``Settings``)."""
     return Settings()
+
+
+def settings_errors(exc: ValidationError) -> list[str]:
+    """One line per bad variable of a failed :class:`Settings`: ``SITESEARCH_NAME: what is wrong (got value)``."""
+    lines = []
+    for err in exc.errors():
+        name = "SITESEARCH_" + "_".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+    return lines
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

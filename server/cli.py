@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ValidationError as exc:  # bad settings: one line per variable, not a traceback
-        for err in exc.errors():
-            name = "SITESEARCH_" + "_".join(str(p) for p in err["loc"]).upper()
-            print(f"sitesearch: {name}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr)
+        from indexer.config import settings_errors
+
+        for line in settings_errors(exc):
+            print(f"sitesearch: {line}", file=sys.stderr)
         return 2
     except ValueError as exc:  # other bad settings (e.g. an unsupported database URL)
         print(f"sitesearch: {exc}", file=sys.stderr)

@@ -30,3 +30,13 @@ def test_an_unsupported_database_url_is_one_line(tmp_path: Path) -> None:
     r = run_cli(tmp_path, "db", "current", SITESEARCH_DATABASE_URL="mysql://x@localhost/db")
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_scrapy_crawl_names_a_bad_variable_too(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SITESEARCH_")}
+    clean.update(SITESEARCH_DATA_DIR=str(tmp_path / "data"), SITESEARCH_DOWNLOAD_TIMEOUT="soon")
+    r = subprocess.run([sys.executable, "-m", "scrapy", "crawl", "site", "-a", "instance=x"], cwd=REPO, env=clean,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert r.stderr.strip().startswith("sitesearch: SITESEARCH_DOWNLOAD_TIMEOUT: ") and "'soon'" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
