@@ -26,7 +26,6 @@ import argparse
 import json
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,28 +38,6 @@ from retrieval import load_questions  # type: ignore[import-not-found]
 sys.path.insert(0, str(REPO))
 
 INSTANCE = "load"  # bench/search_load.py's instance
-
-
-def start_postgres(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway cluster under ``root``; returns the server process and a database URL."""
-    from tests.services import PG_BIN_DIRS, _as_postgres, _wait_pg_ready, _wait_port, create_database, free_port
-
-    if not PG_BIN_DIRS:
-        raise SystemExit("PostgreSQL is not installed (make services, or apt-get install -y postgresql)")
-    bindir, datadir, sock = PG_BIN_DIRS[0], root / "data", root / "sock"
-    sock.mkdir(parents=True)
-    for path in (root, sock):
-        shutil.chown(path, "postgres")
-    port = free_port()
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
-                                 "-E", "UTF8", "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen(_as_postgres([str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-k",
-                                          str(sock), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port, proc, "postgres")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    _wait_pg_ready(url)
-    return proc, create_database(url, "kwbench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = src.execute("SELECT chunk_id, item_id, meta, text FROM chunks").fetchall()
     filename = {cid: json.loads(meta).get("filename", "") for cid, _, meta, _ in rows}
     questions = load_questions()
+    from tests.services import PG_BIN_DIRS, create_database, start_postgres, stop
+
+    if not PG_BIN_DIRS:
+        raise SystemExit("PostgreSQL is not installed (make services, or apt-get install -y postgresql)")
     root = Path(tempfile.mkdtemp(prefix="bench-kwpg-"))
-    proc, url = start_postgres(root)
+    proc, server_url = start_postgres(root)
+    url = create_database(server_url, "kwbench")
     try:
         engine = make_engine(url)
         migrations.upgrade(engine)
@@ -124,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                     hits10 += any(found[:10])
                 recall[name] = (hits5 / len(questions), hits10 / len(questions))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
     def pct(ms: list[float], p: float) -> float:

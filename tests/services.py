@@ -8,7 +8,8 @@ Debian packages.  When a binary is missing the fixture skips, unless
 can never pass by skipping.
 
 Import the fixtures in a test module with ``from tests.services import redis_url``
-(etc.) or use them through ``conftest.py``, which re-exports them.
+(etc.) or use them through ``conftest.py``, which re-exports them. The helpers at the
+end start our own processes (crawl workers) the way a user runs them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from indexer.config import Settings, settings_env
+
+REPO = Path(__file__).resolve().parent.parent
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
@@ -55,7 +59,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: flo
     raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server (kill it after 15 s)."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -82,7 +87,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_port(port, proc, "redis-server")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -92,20 +97,16 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-@pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh PostgreSQL cluster on loopback (trust auth); yields a ``postgresql+psycopg://`` URL.
+def start_postgres(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a fresh PostgreSQL cluster in ``root`` on loopback (trust auth); returns the server and its URL.
 
-    Each test that needs an empty database should create its own with :func:`create_database`.
+    ``root`` must be readable by the ``postgres`` user (not under pytest's private tmp dir)
+    when we are root. Stop the server with :func:`stop`.
     """
-    if not PG_BIN_DIRS or not (PG_BIN_DIRS[0] / "initdb").exists():
-        _missing("postgresql")
     bindir = PG_BIN_DIRS[0]
-    # not under pytest's tmp dir: that is private to us (0700) and the server runs as `postgres`
-    root = Path(tempfile.mkdtemp(prefix="sitesearch-pg-"))
     datadir = root / "data"
     sockdir = root / "sock"
-    sockdir.mkdir()
+    sockdir.mkdir(parents=True)
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(sockdir, "postgres")
@@ -134,9 +135,27 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_port(port, proc, "postgres")
         url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
         _wait_pg_ready(url)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PostgreSQL cluster on loopback (trust auth); yields a ``postgresql+psycopg://`` URL.
+
+    Each test that needs an empty database should create its own with :func:`create_database`.
+    """
+    if not PG_BIN_DIRS or not (PG_BIN_DIRS[0] / "initdb").exists():
+        _missing("postgresql")
+    # not under pytest's tmp dir: that is private to us (0700) and the server runs as `postgres`
+    root = Path(tempfile.mkdtemp(prefix="sitesearch-pg-"))
+    proc, url = start_postgres(root)
+    try:
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -191,4 +210,36 @@ def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_port(port, proc, "chroma run")
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop(proc)
+
+
+# --- our own processes ------------------------------------------------------------------------------
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a sitesearch process for ``settings`` (this process's SITESEARCH_* left out)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SITESEARCH_")}
+    env.update(settings_env(settings))
+    env.update({"PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def start_crawl_worker(settings: Settings, instance_id: str, log: Path, *scrapy_settings: str,
+                       **extra: str) -> subprocess.Popen[bytes]:
+    """``scrapy crawl site -a instance=ID [-s NAME=VALUE ...]`` in the repo, output to ``log``."""
+    cmd = [sys.executable, "-m", "scrapy", "crawl", "site", "-a", f"instance={instance_id}"]
+    for setting in scrapy_settings:
+        cmd += ["-s", setting]
+    return subprocess.Popen(cmd, cwd=REPO, env=service_env(settings, **extra), stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_exit(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: float) -> None:
+    """Wait for every process to exit 0 within ``timeout`` s in all (else kill them all and fail with the log)."""
+    deadline = time.monotonic() + timeout
+    for proc, log in zip(procs, logs, strict=True):
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise AssertionError(f"{log.name}: still running after {timeout} s: {log.read_text()[-3000:]}") from None
+        assert proc.returncode == 0, f"{log.name}: {log.read_text()[-3000:]}"

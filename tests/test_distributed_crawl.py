@@ -8,10 +8,7 @@ and a SQLite state database in a data directory both workers share.
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -25,11 +22,12 @@ from scrapy.http import Request
 
 from crawler.politeness import CAP_POLL, HostBudget
 from crawler.shared_frontier import SharedFrontier
-from indexer.config import Settings, settings_env
+from indexer.config import Settings
 from indexer.state import StateStore
 from server.app import create_app
 from server.devsite import DevSite, write_sitemap_site
-from tests.conftest import API_TOKEN, REPO, make_settings, wait_until
+from tests.conftest import API_TOKEN, make_settings, wait_until
+from tests.services import start_crawl_worker, wait_exit
 
 ACCOUNT = "/client/v4/accounts/local/ai-search"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -62,29 +60,12 @@ def start_workers(
     settings: Settings, instance_id: str, logs: Path, n: int = 2, *, first: int = 0, scrapy_settings: tuple[str, ...] = ()
 ) -> list[subprocess.Popen[bytes]]:
     """``n`` workers ``scrapy crawl site -a instance=ID`` (logs ``w{k}.log`` from ``first``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SITESEARCH_")}
-    env.update(settings_env(settings))
-    env["PYTHONUNBUFFERED"] = "1"
-    assert env["SITESEARCH_REDIS_URL"] and env["SITESEARCH_CHROMA_URL"]
-    cmd = [sys.executable, "-m", "scrapy", "crawl", "site", "-a", f"instance={instance_id}"]
-    for setting in scrapy_settings:
-        cmd += ["-s", setting]
-    return [
-        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logs / f"w{k}.log").open("wb"), stderr=subprocess.STDOUT)
-        for k in range(first, first + n)
-    ]
+    assert settings.redis_url and settings.chroma_url
+    return [start_crawl_worker(settings, instance_id, logs / f"w{k}.log", *scrapy_settings) for k in range(first, first + n)]
 
 
 def wait_workers(procs: list[subprocess.Popen[bytes]], logs: Path, timeout: float, *, first: int = 0) -> None:
-    deadline = time.monotonic() + timeout
-    for k, proc in enumerate(procs, first):
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise AssertionError(f"worker {k} still running: {(logs / f'w{k}.log').read_text()[-3000:]}") from None
-        assert proc.returncode == 0, (logs / f"w{k}.log").read_text()[-3000:]
+    wait_exit(procs, [logs / f"w{k}.log" for k in range(first, first + len(procs))], timeout)
 
 
 def per_worker_pages(state: StateStore, job_id: str) -> list[int]:

@@ -15,7 +15,6 @@ word through either API process, and vector results equal the single-process run
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -29,11 +28,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.config import settings_env
 from server.app import create_app
 from server.devsite import DevSite, write_sitemap_site
 from tests.conftest import API_TOKEN, REPO, make_settings
-from tests.services import create_database, free_port
+from tests.services import create_database, free_port, service_env, start_crawl_worker, wait_exit
 
 pytestmark = pytest.mark.slow
 
@@ -82,23 +80,16 @@ def instance_body(site: DevSite) -> dict[str, Any]:
     return {"id": "big", "type": "web-crawler", "source": site.url}
 
 
-def _env(settings: Any, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SITESEARCH_")}
-    env.update(settings_env(settings))
-    env.update({"SITESEARCH_API_TOKEN": API_TOKEN, "PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
 def start_worker(settings: Any, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     """``scrapy crawl site -a instance=big`` in the repo, as a user would run it."""
-    cmd = [sys.executable, "-m", "scrapy", "crawl", "site", "-a", "instance=big"]
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(settings, **extra), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return start_crawl_worker(settings, "big", log, SITESEARCH_API_TOKEN=API_TOKEN, **extra)
 
 
 def start_api(settings: Any, port: int, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     """``sitesearch serve`` on ``port``; returns once ``/health`` answers."""
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(settings, **extra), stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    env = service_env(settings, SITESEARCH_API_TOKEN=API_TOKEN, **extra)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -110,18 +101,6 @@ def start_api(settings: Any, port: int, log: Path, **extra: str) -> subprocess.P
             pass
         time.sleep(0.3)
     raise RuntimeError(f"sitesearch serve did not start: {log.read_text()[-3000:]}")
-
-
-def wait_exit(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for proc, log in zip(procs, logs):
-        try:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise AssertionError(f"worker did not finish in {timeout} s: {log.read_text()[-3000:]}") from None
-        assert proc.returncode == 0, log.read_text()[-3000:]
 
 
 def search(client: Any, query: str, **extra: Any) -> list[dict[str, Any]]:
