@@ -207,26 +207,27 @@ class Indexer:
 
     def _record(self, item: dict[str, Any], outcome: IndexOutcome, job_id: str | None) -> None:
         now = time.time()
+        counter = {"indexed": "indexed", "unchanged": "unchanged", "deleted": "deleted", "skipped": "skipped"}.get(
+            outcome.status, "errors")
+        values: dict[str, Any] = {"pending_job": None, **RELEASE_CLAIM}
         if outcome.status == "indexed":
-            self.state.update_item(
-                item["id"], status="indexed", chunks=outcome.chunks, indexed_at=now, error=None, pending_job=None, **RELEASE_CLAIM
-            )
-            self.state.incr_job(job_id, indexed=1)
+            values.update(status="indexed", chunks=outcome.chunks, indexed_at=now, error=None)
         elif outcome.status == "unchanged":
-            self.state.update_item(item["id"], status="indexed", error=None, pending_job=None, **RELEASE_CLAIM)
-            self.state.incr_job(job_id, unchanged=1)
+            values.update(status="indexed", error=None)
         elif outcome.status == "deleted":
-            self.state.update_item(
-                item["id"], status="deleted", chunks=0, content_hash=None, pending_job=None, **RELEASE_CLAIM, delete_reason=None
-            )
-            self.state.incr_job(job_id, deleted=1)
+            values.update(status="deleted", chunks=0, content_hash=None, delete_reason=None)
         elif outcome.status == "skipped":
             self.vectors.delete_item(item["instance_id"], item["id"])
-            self.state.update_item(item["id"], status="skipped", chunks=0, error=outcome.message, pending_job=None, **RELEASE_CLAIM)
-            self.state.incr_job(job_id, skipped=1)
+            values.update(status="skipped", chunks=0, error=outcome.message)
         else:
-            self.state.update_item(item["id"], status="error", error=outcome.message, pending_job=None, **RELEASE_CLAIM)
-            self.state.incr_job(job_id, errors=1)
+            values.update(status="error", error=outcome.message)
+        # Only if the page was not fetched again while we indexed the copy we read: else the newer
+        # copy stays `fetched` (claim released) and is indexed next, instead of being marked done.
+        if not self.state.update_item_if_fetched_at(item["id"], item.get("fetched_at"), **values):
+            self.state.update_item(item["id"], **RELEASE_CLAIM)
+            logger.info("%s was fetched again while being indexed; indexing the newer copy next", item["key"])
+            return
+        self.state.incr_job(job_id, **{counter: 1})
         if outcome.message:
             level = "error" if outcome.status == "error" else "info"
             self.state.log(job_id, outcome.message, url=item["key"], level=level)

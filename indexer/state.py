@@ -678,6 +678,12 @@ class StateStore:
         with self.engine.begin() as c:
             c.execute(items.update().where(items.c.id == item_id).values(**values))
 
+    def update_item_if_fetched_at(self, item_id: str, fetched_at: float | None, **values: Any) -> bool:
+        """Update an item only if its ``fetched_at`` is still ``fetched_at`` (no newer fetch); True if it was."""
+        same = items.c.fetched_at.is_(None) if fetched_at is None else items.c.fetched_at == fetched_at
+        with self.engine.begin() as c:
+            return bool(c.execute(items.update().where(items.c.id == item_id, same).values(**values)).rowcount)
+
     def list_items(
         self, instance_id: str, *, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:

@@ -215,3 +215,26 @@ def test_corrupt_crawled_pdf_is_an_error_with_a_message(env: Env) -> None:
     item = env.fetched("http://example.test/broken.pdf", b"%PDF-1.7 truncated", ctype="application/pdf")
     outcome = env.indexer.index_item(item)
     assert outcome.status == "error" and "PDF" in (outcome.message or "")
+
+
+def test_a_page_fetched_again_while_being_indexed_is_indexed_again(env: Env) -> None:
+    """A fetch that lands after the indexer claimed the item keeps it ``fetched``: it is indexed again.
+
+    The run that was under way may have read either copy; marking the item done would leave a
+    newer copy unindexed until the next sync.
+    """
+    url = "http://example.test/docs/orchard.html"
+    item = env.fetched(url, html_page("Orchard Manual", LONG))
+    claimed = env.indexer.claim(item["id"])
+    assert claimed is not None
+    time.sleep(0.01)
+    env.fetched(url, html_page("Lavender Field", SHORT))  # the crawler stores a newer copy meanwhile
+    env.indexer.index_item(claimed)
+    row = env.state.get_item_by_id(item["id"])
+    assert (row["status"], row["claimed_by"]) == ("fetched", None)  # not marked done; claim released
+    assert env.state.get_job(env.job)["indexed"] == 0
+    assert env.indexer.process_pending() == 1
+    row = env.state.get_item_by_id(item["id"])
+    assert (row["status"], row["chunks"], row["title"]) == ("indexed", 1, "Lavender Field")
+    assert "lavender" in next(iter(env.chunks(item["id"]).values()))
+    assert env.state.get_job(env.job)["indexed"] == 1

@@ -177,3 +177,17 @@ def test_older_database_is_upgraded_in_place(tmp_path: Path) -> None:
     job = state.get_job("j1")
     assert job is not None and job["indexed"] == 5 and job["target"] is None
     assert state.list_jobs("site")[0]["id"] == "j1"
+
+
+def test_update_item_if_fetched_at_sees_a_newer_fetch(state: StateStore) -> None:
+    """The pipeline's guard: a float ``fetched_at`` read back compares equal (SQLite REAL, PostgreSQL float8)."""
+    import time
+
+    item = state.ensure_item(INSTANCE, "http://example.test/a")
+    assert state.update_item_if_fetched_at(item["id"], None, status="fetched") is True  # never fetched: None matches
+    state.update_item(item["id"], fetched_at=time.time())
+    read = state.get_item_by_id(item["id"])
+    assert state.update_item_if_fetched_at(item["id"], read["fetched_at"], status="indexed") is True
+    state.update_item(item["id"], fetched_at=read["fetched_at"] + 0.001, status="fetched")  # fetched again
+    assert state.update_item_if_fetched_at(item["id"], read["fetched_at"], status="indexed") is False
+    assert state.get_item_by_id(item["id"])["status"] == "fetched"
