@@ -11,7 +11,7 @@ import itertools
 import subprocess
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +66,19 @@ def start_workers(
 
 def wait_workers(procs: list[subprocess.Popen[bytes]], logs: Path, timeout: float, *, first: int = 0) -> None:
     wait_exit(procs, [logs / f"w{k}.log" for k in range(first, first + len(procs))], timeout)
+
+
+def assert_pages_found(settings: Settings, instance_id: str, pages: Iterable[int]) -> None:
+    """Page ``i`` is the first keyword hit for its own word (it was fetched, extracted and indexed)."""
+    with TestClient(create_app(settings)) as client:
+        for i in pages:
+            r = client.post(
+                f"{ACCOUNT}/instances/{instance_id}/search",
+                json={"query": word(i), "ai_search_options": {"retrieval": {"retrieval_type": "keyword", "max_num_results": 3}}},
+                headers=AUTH,
+            )
+            hits = r.json()["result"]["data"]
+            assert hits and hits[0]["filename"].endswith(f"p{i}.html"), (i, hits)
 
 
 def per_worker_pages(state: StateStore, job_id: str) -> list[int]:
@@ -201,15 +214,7 @@ def test_two_workers_share_one_frontier(shared_settings: Settings, site300: DevS
     fetched = per_worker_pages(state, job["id"])
     assert len(fetched) == 2 and all(n > 0 for n in fetched) and sum(fetched) == PAGES, fetched
 
-    with TestClient(create_app(shared_settings)) as client:
-        for i in range(0, PAGES, 37):
-            r = client.post(
-                f"{ACCOUNT}/instances/{instance_id}/search",
-                json={"query": word(i), "ai_search_options": {"retrieval": {"retrieval_type": "keyword", "max_num_results": 3}}},
-                headers=AUTH,
-            )
-            hits = r.json()["result"]["data"]
-            assert hits and hits[0]["filename"].endswith(f"p{i}.html"), (i, hits)
+    assert_pages_found(shared_settings, instance_id, range(0, PAGES, 37))
 
 
 @pytest.mark.slow
@@ -362,12 +367,4 @@ def test_two_workers_render_pages_and_recycle_their_own_contexts(
         # this worker used up and closed its contexts, all but the one in use at its end
         assert log.count("recycled") >= -(-fetched // CONTEXT_PAGES) - 1, (k, fetched, log.count("recycled"))
 
-    with TestClient(create_app(settings)) as client:
-        for i in range(RENDERED):
-            r = client.post(
-                f"{ACCOUNT}/instances/{instance_id}/search",
-                json={"query": word(i), "ai_search_options": {"retrieval": {"retrieval_type": "keyword", "max_num_results": 3}}},
-                headers=AUTH,
-            )
-            hits = r.json()["result"]["data"]
-            assert hits and hits[0]["filename"].endswith(f"p{i}.html"), (i, hits)
+    assert_pages_found(settings, instance_id, range(RENDERED))
