@@ -114,6 +114,30 @@ def query_terms(query: str, *, tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
     return content or list(seen)
 
 
+def split_or_terms(terms: Sequence[str], rows: Mapping[str, float], total: float) -> tuple[list[str], list[str]]:
+    """The terms an ``or`` query over many rows ranks: ``(candidate terms, kept terms)``.
+
+    Terms in more than :data:`COMMON_TERM_SHARE` of the ``total`` rows are left out (the rarest
+    is kept if all are); the rarest kept terms, up to :data:`CANDIDATE_SHARE` of the rows summed,
+    pick the candidate rows, which are ranked by every kept term. Shared by both backends.
+
+    Args:
+        terms: the query's terms.
+        rows: how many rows hold each term (counted or estimated).
+        total: the rows of the index.
+    """
+    kept = sorted((t for t in terms if rows[t] <= COMMON_TERM_SHARE * total), key=rows.__getitem__)
+    kept = kept or [min(terms, key=rows.__getitem__)]
+    rare: list[str] = []
+    held = 0.0
+    for t in kept:
+        if rare and held + rows[t] > CANDIDATE_SHARE * total:
+            break
+        rare.append(t)
+        held += rows[t]
+    return rare, kept
+
+
 def match_expression(terms: Sequence[str], mode: str = "or") -> str:
     """An FTS5 MATCH string: each term quoted (no FTS syntax from users), joined by AND/OR."""
     if mode not in MATCH_MODES:
@@ -440,16 +464,7 @@ class KeywordIndex:
         if sum(df.values()) <= RANK_ALL_ROWS:
             return [expr]
         total = conn.execute("SELECT count(*) FROM fts_docsize").fetchone()[0]
-        kept = sorted((t for t in terms if df[t] <= COMMON_TERM_SHARE * total), key=df.__getitem__)
-        if not kept:
-            return [match_expression([min(terms, key=df.__getitem__)])]
-        rare: list[str] = []
-        rows = 0
-        for t in kept:
-            if rare and rows + df[t] > CANDIDATE_SHARE * total:
-                break
-            rare.append(t)
-            rows += df[t]
+        rare, kept = split_or_terms(terms, df, total)
         others = kept[len(rare) :]
         r = match_expression(rare, "or")
         return [r] if not others else [f"({r}) AND ({match_expression(others, 'or')})", r]

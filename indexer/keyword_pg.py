@@ -35,8 +35,6 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from indexer.keyword import (
-    CANDIDATE_SHARE,
-    COMMON_TERM_SHARE,
     DEFAULT_TOKENIZER,
     MATCH_MODES,
     RANK_ALL_ROWS,
@@ -44,6 +42,7 @@ from indexer.keyword import (
     KeywordHit,
     KeywordQueryError,
     query_terms,
+    split_or_terms,
     where_to_sql,
 )
 
@@ -227,10 +226,10 @@ class PgKeywordIndex:
         :data:`~indexer.keyword.COMMON_TERM_SHARE` of the rows are left out (the rarest is kept if
         all are), and only rows holding one of the rarest terms (up to
         :data:`~indexer.keyword.CANDIDATE_SHARE` of the rows, summed) are ranked, by all the
-        kept terms. Term shares come from PostgreSQL's own statistics of the column
-        (``pg_stats.most_common_elems``, kept by ANALYZE/autovacuum, for the whole table rather
-        than per instance); a term not listed is rarer than every listed one. Without
-        statistics yet, every match is ranked.
+        kept terms (:func:`~indexer.keyword.split_or_terms`, shared with FTS5). Term shares come
+        from PostgreSQL's own statistics of the column (``pg_stats.most_common_elems``, kept by
+        ANALYZE/autovacuum, for the whole table rather than per instance); a term not listed is
+        rarer than every listed one. Without statistics yet, every match is ranked.
         """
         stats = self._term_stats(conn)
         if stats is None:
@@ -239,19 +238,10 @@ class PgKeywordIndex:
         lexemes = conn.exec_driver_sql(
             "SELECT t, tsvector_to_array(to_tsvector('english', t)) FROM unnest(%s::text[]) AS t", (terms,)
         ).all()
-        share = {t: max((shares.get(lx, floor) for lx in lxs), default=0.0) for t, lxs in lexemes}
-        if sum(share.values()) * rows <= RANK_ALL_ROWS:
+        held = {t: rows * max((shares.get(lx, floor) for lx in lxs), default=0.0) for t, lxs in lexemes}
+        if sum(held.values()) <= RANK_ALL_ROWS:
             return None
-        kept = sorted((t for t in terms if share[t] <= COMMON_TERM_SHARE), key=share.__getitem__)
-        kept = kept or [min(terms, key=share.__getitem__)]
-        rare: list[str] = []
-        total = 0.0
-        for t in kept:
-            if rare and total + share[t] > CANDIDATE_SHARE:
-                break
-            rare.append(t)
-            total += share[t]
-        return rare, kept
+        return split_or_terms(terms, held, rows)
 
     def _term_stats(self, conn: Connection) -> tuple[dict[str, float], float, float] | None:
         """``(share of rows per common lexeme, share below the listed ones, rows)``, cached for a minute."""
