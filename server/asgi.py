@@ -29,6 +29,7 @@ from indexer.vectorstore import StoreUnavailableError
 from server.errors import (
     APIError,
     api_error_response,
+    http_error_response,
     internal_error_response,
     unavailable_response,
 )
@@ -54,31 +55,33 @@ class SitesearchAPI(FastAPI):
                     await serve_search(self, scope, receive, send, match[1], match[2], limit)
                     return
             if not (scope["method"] == "POST" and UPLOAD_PATH.fullmatch(scope["path"])):
-                receive = limited_receive(scope, receive, limit)
+                receive = limited_receive(receive, _headers(scope).get("content-length"), limit)
         await super().__call__(scope, receive, send)
 
 
-def too_large(limit: int) -> str:
-    return f"request body is larger than {limit} bytes"
+def limited_receive(receive: Receive, declared: str | None, limit: int) -> Receive:
+    """``receive`` that raises 413 past ``limit`` body bytes, declared (``Content-Length``) or received.
 
-
-def limited_receive(scope: Scope, receive: Receive, limit: int) -> Receive:
-    """``receive`` that raises 413 (an HTTPException, which routes pass through) past ``limit`` body bytes."""
-    declared = _headers(scope).get("content-length", "")
+    An HTTPException, which FastAPI's body parsing passes through (it turns other errors into a 400).
+    """
     received = 0
 
     async def wrapped() -> Message:
         nonlocal received
-        if declared.strip().isdigit() and int(declared) > limit:
-            raise HTTPException(413, too_large(limit))
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise _too_large(limit)
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise HTTPException(413, too_large(limit))
+                raise _too_large(limit)
         return message
 
     return wrapped
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"request body is larger than {limit} bytes")
 
 
 async def serve_search(app: FastAPI, scope: Scope, receive: Receive, send: Send, account_id: str,
@@ -86,10 +89,13 @@ async def serve_search(app: FastAPI, scope: Scope, receive: Receive, send: Send,
     """Answer one ``/search`` request (200 JSON, or the error envelope)."""
     headers = _headers(scope)
     try:
-        raw = await read_body(receive, headers.get("content-length"), limit)
+        raw = await read_body(limited_receive(receive, headers.get("content-length"), limit))
         payload = await search_bytes(app.state, account_id, instance_id, scope["path"], headers.get("authorization"),
                                      headers.get("content-type"), raw)
     except ClientGone:
+        return
+    except HTTPException as exc:  # the body limit
+        await http_error_response(exc)(scope, receive, send)
         return
     except APIError as exc:
         await api_error_response(exc)(scope, receive, send)
@@ -115,25 +121,17 @@ def _headers(scope: Scope) -> dict[str, str]:
     return found
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The whole request body, refused past ``limit`` bytes (declared or received).
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body.
 
     Raises:
-        APIError: 413 when the body is larger than ``limit``.
         ClientGone: the client disconnected first.
     """
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-        raise APIError(413, too_large(limit))
     chunks: list[bytes] = []
-    size = 0
     while True:
         message: dict[str, Any] = await receive()  # type: ignore[assignment]
         if message["type"] == "http.disconnect":
             raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, too_large(limit))
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -116,6 +116,14 @@ def api_error_response(exc: APIError) -> JSONResponse:
     return error_response(exc.status, exc.message, code=exc.code, headers=exc.headers)
 
 
+def http_error_response(exc: StarletteHTTPException) -> JSONResponse:
+    """The envelope response of Starlette's HTTPException (unknown route, method, body too large, ...)."""
+    message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = "no such route"
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
 def unavailable_response(exc: StoreUnavailableError) -> JSONResponse:
     """503 while a Chroma server is down: the client should retry."""
     return error_response(503, str(exc), code=CODE_INTERNAL, headers={"Retry-After": "5"})
@@ -144,10 +152,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        if exc.status_code == 404 and message == "Not Found":
-            message = "no such route"
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return http_error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
