@@ -207,8 +207,7 @@ class Indexer:
 
     def _record(self, item: dict[str, Any], outcome: IndexOutcome, job_id: str | None) -> None:
         now = time.time()
-        counter = {"indexed": "indexed", "unchanged": "unchanged", "deleted": "deleted", "skipped": "skipped"}.get(
-            outcome.status, "errors")
+        counter = outcome.status if outcome.status in ("indexed", "unchanged", "deleted", "skipped") else "errors"
         values: dict[str, Any] = {"pending_job": None, **RELEASE_CLAIM}
         if outcome.status == "indexed":
             values.update(status="indexed", chunks=outcome.chunks, indexed_at=now, error=None)
