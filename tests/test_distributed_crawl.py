@@ -245,6 +245,10 @@ def test_crawl_delay_holds_across_workers(tmp_path: Path, model_dir: Path, redis
     assert len(fetched) == 2 and all(n > 0 for n in fetched), fetched
 
 
+#: short heartbeat, lead and download timeouts, so a killed worker's pages and lead pass on in seconds
+FAST_FAILOVER = ("SHARED_FRONTIER_HEARTBEAT_TTL=2", "SHARED_FRONTIER_LEADER_TTL=3", "DOWNLOAD_TIMEOUT=3")
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_its_pages_requeued(
     tmp_path: Path, model_dir: Path, redis_url: str, chroma_url: str
@@ -254,18 +258,17 @@ def test_a_killed_worker_is_replaced_and_its_pages_requeued(
     root = tmp_path / "site"
     root.mkdir()
     write_pages(root, n)
-    fast_failover = ("SHARED_FRONTIER_HEARTBEAT_TTL=2", "SHARED_FRONTIER_LEADER_TTL=3", "DOWNLOAD_TIMEOUT=3")
     with DevSite(root, delay=0.2) as site:
         write_sitemap_site(root, site.url, {f"p{i}": {} for i in range(n)})
         settings = make_settings(tmp_path / "data", model_dir, redis_url=redis_url, chroma_url=chroma_url)
         instance_id = f"failover-{uuid.uuid4().hex[:6]}"
         create_instance(settings, instance_id, site)
         site.clear()
-        [first] = start_workers(settings, instance_id, tmp_path, 1, scrapy_settings=fast_failover)
+        [first] = start_workers(settings, instance_id, tmp_path, 1, scrapy_settings=FAST_FAILOVER)
         wait_until(lambda: sum(p.startswith("/p") for p in site.paths()) >= 5, timeout=60, interval=0.05)
         first.kill()
         first.wait()
-        wait_workers(start_workers(settings, instance_id, tmp_path, 1, first=1, scrapy_settings=fast_failover), tmp_path, 90, first=1)
+        wait_workers(start_workers(settings, instance_id, tmp_path, 1, first=1, scrapy_settings=FAST_FAILOVER), tmp_path, 90, first=1)
         gets = Counter(p for p in site.paths() if p.startswith("/p"))
     assert set(gets) == {f"/p{i}.html" for i in range(n)}
     assert sum(gets.values()) - n <= 2, gets  # at most what the killed worker held (1 downloading + 1 indexing)
@@ -286,7 +289,6 @@ def test_a_follower_takes_over_when_the_leader_dies_during_discovery(
     root = tmp_path / "site"
     root.mkdir()
     write_pages(root, n)
-    fast_failover = ("SHARED_FRONTIER_HEARTBEAT_TTL=2", "SHARED_FRONTIER_LEADER_TTL=3", "DOWNLOAD_TIMEOUT=3")
     with DevSite(root) as site:
         write_sitemap_site(root, site.url, {f"p{i}": {} for i in range(n)})
         # Crawl-delay keeps the sitemap request 2 s behind robots.txt: time to kill the leader in between
@@ -295,12 +297,12 @@ def test_a_follower_takes_over_when_the_leader_dies_during_discovery(
         instance_id = f"takeover-{uuid.uuid4().hex[:6]}"
         create_instance(settings, instance_id, site)
         site.clear()
-        [leader] = start_workers(settings, instance_id, tmp_path, 1, scrapy_settings=fast_failover)
+        [leader] = start_workers(settings, instance_id, tmp_path, 1, scrapy_settings=FAST_FAILOVER)
         wait_until(lambda: "/robots.txt" in site.paths(), timeout=60, interval=0.02)
         leader.kill()
         leader.wait()
         assert "/sitemap.xml" not in site.paths()
-        wait_workers(start_workers(settings, instance_id, tmp_path, 1, first=1, scrapy_settings=fast_failover), tmp_path, 90, first=1)
+        wait_workers(start_workers(settings, instance_id, tmp_path, 1, first=1, scrapy_settings=FAST_FAILOVER), tmp_path, 90, first=1)
         gets = Counter(site.paths())
     assert gets["/robots.txt"] == 2 and gets["/sitemap.xml"] == 1, gets
     assert all(gets[f"/p{i}.html"] == 1 for i in range(n)), gets

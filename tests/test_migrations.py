@@ -9,7 +9,6 @@ nothing; processes starting together on a fresh database all succeed.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from indexer.config import get_settings
 from indexer.simcache import SimilarityCache
 from indexer.state import StateStore, instances, jobs, make_engine, metadata
 from server.cli import main as cli_main
-from tests.databases import database_url  # noqa: F401 - fixture
+from tests.databases import PROCS, database_url, run_processes  # noqa: F401 - fixture
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PRE_MIGRATION_DDL = FIXTURES / "state_before_migrations.sql"  # sqlite_master of a state.db made by that release
@@ -128,30 +127,18 @@ def test_database_of_the_release_before_migrations_is_adopted_with_its_data(tmp_
     assert {(d[0], d[2], d[3]) for d in diff} <= {("modify_type", "items", c) for c in ("lastmod", "changefreq", "checked_lastmod")}
 
 
-def _open_store(url: str, barrier: Any, queue: Any) -> None:
+def _open_store(url: str, barrier: Any) -> str | None:
+    barrier.wait()
+    store = StateStore(url)
     try:
-        barrier.wait(timeout=60)
-        store = StateStore(url)
-        queue.put(migrations.current(store.engine))
+        return migrations.current(store.engine)
+    finally:
         store.close()
-    except BaseException as exc:  # noqa: BLE001 - the test reports it
-        queue.put(f"failed: {exc!r}")
 
 
 def test_processes_starting_together_on_a_fresh_database_all_succeed(database_url: str) -> None:  # noqa: F811
-    ctx = multiprocessing.get_context("spawn")
-    n = 3
-    barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_open_store, args=(database_url, barrier, queue)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        revisions = [queue.get(timeout=120) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            p.kill()
-    assert revisions == [migrations.head()] * n
+    revisions = run_processes(_open_store, database_url)
+    assert revisions == [migrations.head()] * PROCS
     assert schema_diff(database_url) == []
 
 

@@ -8,7 +8,6 @@ than SQLite: driver URLs, NUL characters, literal folder prefixes, pool limits.
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 import uuid
@@ -19,37 +18,10 @@ from sqlalchemy import event
 
 from indexer.config import Settings
 from indexer.state import StateStore, normalize_database_url
-from tests.databases import INSTANCE, database_url  # noqa: F401 - fixture (and `state`, via conftest)
+from tests.databases import INSTANCE, PROCS, database_url, run_processes  # noqa: F401 - fixture (and `state`, via conftest)
 from tests.services import create_database
 
-PROCS = 3
 ROUNDS = 8
-
-
-def run_processes(target: Any, url: str, *args: Any) -> list[Any]:
-    """Run ``target(url, barrier, *args)`` in PROCS spawned processes; returns what each returned."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PROCS, timeout=60)
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(queue, target, url, barrier, *args)) for _ in range(PROCS)]
-    for p in procs:
-        p.start()
-    try:
-        results = [queue.get(timeout=120) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            p.kill()
-    failed = [r for r in results if isinstance(r, str)]
-    assert failed == []
-    return results
-
-
-def _child(queue: Any, target: Any, *args: Any) -> None:
-    try:
-        queue.put(target(*args))
-    except BaseException as exc:  # noqa: BLE001 - reported by run_processes
-        queue.put(f"failed: {exc!r}")
 
 
 def _race_for_jobs(url: str, barrier: Any, rounds: int) -> list[int]:
