@@ -2,7 +2,9 @@
 
 Sizes are counted in the embedding model's own tokens.  Adjacent chunks share
 ``overlap_pct`` percent of ``chunk_size`` tokens, taken from whole trailing
-pieces of the previous chunk where possible.
+pieces of the previous chunk where possible.  Each chunk also knows the Markdown
+headings in effect where it starts (its section), so the embedder can be told
+which part of the page a chunk in the middle of a long section belongs to.
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ _PARAGRAPHS = re.compile(r"\n\s*\n")
 # A sentence ends at . ! ? (optionally followed by a closing quote/bracket, kept with it) before
 # whitespace, or at a single line break (lists, headings, table rows).
 _SENTENCES = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+|\n")
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")  # ATX heading line
+_FENCE = re.compile(r"^[ \t]{0,3}(```|~~~)")
 
 CountTokens = Callable[[str], int]
 TokenOffsets = Callable[[str], Sequence[tuple[int, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A chunk's text and the headings (outermost first) of the section it starts in."""
+
+    text: str
+    headings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,17 +42,18 @@ class _Piece:
     text: str
     tokens: int
     sep: str  # separator placed before this piece when joined to the previous one
+    headings: tuple[str, ...] = ()
 
 
-def chunk_text(
+def chunk_sections(
     text: str,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     overlap_pct: int = DEFAULT_CHUNK_OVERLAP,
     count_tokens: CountTokens,
     token_offsets: TokenOffsets,
-) -> list[str]:
-    """Split text into chunks of at most ``chunk_size`` tokens.
+) -> list[Chunk]:
+    """Split text into chunks of at most ``chunk_size`` tokens, each with its section headings.
 
     Args:
         text: Markdown or plain text.
@@ -50,25 +63,39 @@ def chunk_text(
         token_offsets: the model tokenizer's character offsets per token (no special tokens).
 
     Returns:
-        Non-empty chunks in document order.
+        Non-empty chunks in document order.  A chunk's headings are the ATX headings (``#`` to ``######``, outside fenced code)
+    in effect where its first paragraph starts: a chunk that opens with a heading has
+    that heading in its text and its parents as ``headings``.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     overlap = max(0, min(int(chunk_size * overlap_pct / 100), chunk_size // 2))
     pieces: list[_Piece] = []
+    trail: list[tuple[int, str]] = []  # (level, heading) from the outermost
+    in_fence = False
     for para in _PARAGRAPHS.split(text):
         para = para.strip()
-        if para:
-            pieces.extend(_split_paragraph(para, chunk_size, overlap, count_tokens, token_offsets))
+        if not para:
+            continue
+        headings = tuple(h for _, h in trail)
+        pieces.extend(_split_paragraph(para, chunk_size, overlap, count_tokens, token_offsets, headings))
+        for line in para.split("\n"):
+            if _FENCE.match(line):
+                in_fence = not in_fence
+            elif not in_fence and (m := _HEADING.match(line)):
+                level = len(m.group(1))
+                while trail and trail[-1][0] >= level:
+                    trail.pop()
+                trail.append((level, m.group(2).strip()))
     return _merge(pieces, chunk_size, overlap)
 
 
 def _split_paragraph(
-    para: str, size: int, overlap: int, count: CountTokens, offsets: TokenOffsets
+    para: str, size: int, overlap: int, count: CountTokens, offsets: TokenOffsets, headings: tuple[str, ...]
 ) -> list[_Piece]:
     n = count(para)
     if n <= size:
-        return [_Piece(para, n, "\n\n")]
+        return [_Piece(para, n, "\n\n", headings)]
     out: list[_Piece] = []
     for sentence, sep in _sentences(para):
         sentence = sentence.strip()
@@ -77,10 +104,10 @@ def _split_paragraph(
         sep = sep if out else "\n\n"
         m = count(sentence)
         if m <= size:
-            out.append(_Piece(sentence, m, sep))
+            out.append(_Piece(sentence, m, sep, headings))
         else:
             for window in _token_windows(sentence, size, overlap, offsets):
-                out.append(_Piece(window, count(window), sep))
+                out.append(_Piece(window, count(window), sep, headings))
                 sep = " "
     return out
 
@@ -111,8 +138,8 @@ def _token_windows(text: str, size: int, overlap: int, offsets: TokenOffsets) ->
     return [w for w in windows if w]
 
 
-def _merge(pieces: list[_Piece], size: int, overlap: int) -> list[str]:
-    chunks: list[str] = []
+def _merge(pieces: list[_Piece], size: int, overlap: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
     current: list[_Piece] = []
     total = 0
     for piece in pieces:
@@ -123,7 +150,7 @@ def _merge(pieces: list[_Piece], size: int, overlap: int) -> list[str]:
         total += piece.tokens
     if current:
         chunks.append(_join(current))
-    return [c for c in chunks if c.strip()]
+    return [c for c in chunks if c.text]
 
 
 def _tail(pieces: list[_Piece], overlap: int, room: int) -> tuple[list[_Piece], int]:
@@ -139,9 +166,9 @@ def _tail(pieces: list[_Piece], overlap: int, room: int) -> tuple[list[_Piece], 
     return kept, total
 
 
-def _join(pieces: list[_Piece]) -> str:
+def _join(pieces: list[_Piece]) -> Chunk:
     parts = [pieces[0].text]
     for piece in pieces[1:]:
         parts.append(piece.sep)
         parts.append(piece.text)
-    return "".join(parts).strip()
+    return Chunk("".join(parts).strip(), pieces[0].headings)

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import lxml.etree
@@ -101,6 +102,27 @@ def embedding_text(markdown: str) -> str:
     0.617 in an A/B on the same 22,207 chunks.
     """
     return _MD_LINK.sub(lambda m: m.group(2), markdown)
+
+
+_INLINE_MARKS = re.compile(r"[`*_]+")
+
+
+def embedding_input(title: str, headings: Sequence[str], chunk: str) -> str:
+    """What the model embeds for one chunk: page title and section headings, then the chunk.
+
+    ``title > heading > subheading`` (headings that repeat the title left out, inline
+    Markdown marks and link URLs removed) on the first line tells the model which part of
+    which page a chunk from the middle of a long section belongs to.
+    """
+    context: list[str] = [title] if title else []
+    seen = {_INLINE_MARKS.sub("", title).casefold()}
+    for heading in headings:
+        plain = _INLINE_MARKS.sub("", embedding_text(heading)).strip()
+        if plain and plain.casefold() not in seen:
+            context.append(plain)
+            seen.add(plain.casefold())
+    body = embedding_text(chunk)
+    return f"{' > '.join(context)}\n\n{body}" if context else body
 
 
 def extract_text_document(data: str, *, title: str = "") -> Extracted:

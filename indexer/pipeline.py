@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_text
+from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_sections
 from indexer.config import Settings
 from indexer.convert import UnsupportedFileType, convert
 from indexer.embedder import Embedder
 from indexer.extract import (
     HTML_TYPES,
     Extracted,
-    embedding_text,
+    embedding_input,
     extract_html,
     extract_text_document,
     mime_type,
@@ -39,10 +39,10 @@ logger = logging.getLogger(__name__)
 
 GONE_STATUSES = (404, 410)
 TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
-EMBEDDING_TEXT_VERSION = 2  # bump when what the model sees changes: pages are then re-embedded
+EMBEDDING_TEXT_VERSION = 3  # bump when what the model sees changes: pages are then re-embedded
 TITLE_HEADER = "x-sitesearch-title"  # set on stored uploads by server/routes/items.py
-FAST_EXTRACT_BYTES = 1024 * 1024
-RELEASE_CLAIM = {"claimed_by": None, "claimed_at": None}  # above this, trafilatura runs without its slow fallbacks
+FAST_EXTRACT_BYTES = 1024 * 1024  # above this, trafilatura runs without its slow fallbacks
+RELEASE_CLAIM = {"claimed_by": None, "claimed_at": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +158,15 @@ class Indexer:
         duplicate = self.state.find_indexed_duplicate(instance_id, fingerprint, exclude_id=item["id"])
         if duplicate is not None:  # exact-duplicate content is indexed once, under the first URL
             return IndexOutcome("skipped", message=f"Skipped: same content as {duplicate['key']} (indexed once)")
-        chunks = chunk_text(
+        sections = chunk_sections(
             doc.markdown,
             chunk_size=chunk_size,
             overlap_pct=overlap,
             count_tokens=self.embedder.count_tokens,
             token_offsets=self.embedder.tokenize_offsets,
         )
-        to_embed = [f"{doc.title}\n\n{embedding_text(c)}" if doc.title else embedding_text(c) for c in chunks]
-        vectors = self.embedder.embed(to_embed)
+        chunks = [c.text for c in sections]
+        vectors = self.embedder.embed([embedding_input(doc.title, c.headings, c.text) for c in sections])
         timestamp_ms = int(item.get("fetched_at") or time.time()) * 1000  # ms, rounded down to seconds
         meta = {
             "item_id": item["id"],

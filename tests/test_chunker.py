@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.chunker import chunk_text
+from indexer.chunker import Chunk, chunk_sections
 from indexer.embedder import Embedder
 
 WORDS = (
@@ -21,14 +21,13 @@ def embedder(model_dir: Path) -> Embedder:
     return Embedder(model_dir, threads=1)
 
 
+def sections(embedder: Embedder, text: str, size: int, overlap: int = 0) -> list[Chunk]:
+    return chunk_sections(text, chunk_size=size, overlap_pct=overlap, count_tokens=embedder.count_tokens,
+                          token_offsets=embedder.tokenize_offsets)
+
+
 def chunk(embedder: Embedder, text: str, size: int, overlap: int = 0) -> list[str]:
-    return chunk_text(
-        text,
-        chunk_size=size,
-        overlap_pct=overlap,
-        count_tokens=embedder.count_tokens,
-        token_offsets=embedder.tokenize_offsets,
-    )
+    return [c.text for c in sections(embedder, text, size, overlap)]
 
 
 def sentence(i: int, words: int = 12) -> str:
@@ -145,3 +144,43 @@ def test_split_paragraph_keeps_line_breaks(embedder: Embedder) -> None:
     chunks = chunk(embedder, "\n".join(lines), 64, 0)  # one Markdown list, far over 64 tokens
     assert len(chunks) > 2
     assert "\n".join(chunks).split("\n") == lines  # lines stay lines, none merged or lost
+
+
+def test_each_chunk_knows_the_headings_of_the_section_it_starts_in(embedder: Embedder) -> None:
+    # every paragraph names its section ("in A B"), so the expected headings can be read off each chunk
+    layout = [(1, "Guide"), (2, "Install"), (3, "Linux"), (3, "Windows"), (2, "Usage"), (4, "Deep"), (2, "Faq")]
+    parts, n = [], 0
+    for level, name in layout:
+        parts.append("#" * level + " " + name)
+        for _ in range(3):
+            parts.append(f"In {name} " + sentence(n, 20))
+            n += 1
+    expected = {"Guide": ("Guide",), "Install": ("Guide", "Install"), "Linux": ("Guide", "Install", "Linux"),
+                "Windows": ("Guide", "Install", "Windows"), "Usage": ("Guide", "Usage"),
+                "Deep": ("Guide", "Usage", "Deep"), "Faq": ("Guide", "Faq")}
+    chunks = sections(embedder, "\n\n".join(parts), 64)
+    assert len(chunks) > 7
+    for c in chunks:
+        first = c.text.split("\n\n")[0]
+        if first.startswith("#"):  # opens with a heading: its parents are the section
+            name = first.lstrip("# ")
+            assert c.headings == expected[name][:-1], (first, c.headings)
+        else:
+            assert c.headings == expected[first.split()[1]], (first, c.headings)
+
+
+def test_hash_lines_in_fenced_code_are_not_headings(embedder: Embedder) -> None:
+    text = "## Real\n\n```python\n# a comment\n\n## still code\nx = 1\n```\n\nAfter the code " + sentence(1, 30)
+    chunks = sections(embedder, text, 24)
+    assert any("## still code" in c.text for c in chunks)
+    assert [c.headings for c in chunks] == [()] + [("Real",)] * (len(chunks) - 1)
+
+
+def test_embedding_input_puts_title_and_section_first() -> None:
+    from indexer.extract import embedding_input
+
+    headings = ["[`re`](http://x/re.html#module-re) — Regex", "Module *Contents*", "Functions"]
+    text = "See [`re.findall`](http://x/re.html#re.findall)."
+    assert embedding_input("re — Regex", headings, text) == "re — Regex > Module Contents > Functions\n\nSee `re.findall`."
+    assert embedding_input("", [], text) == "See `re.findall`."
+    assert embedding_input("", ["Intro"], "x") == "Intro\n\nx"
