@@ -76,6 +76,31 @@ class ParseOptions(_Model):
         return v
 
 
+def _rename(data: Any, alias: str, name: str) -> Any:
+    """``data`` with ``alias`` renamed to ``name`` (``name`` wins when both are given)."""
+    if not isinstance(data, dict) or alias not in data:
+        return data
+    out = {k: v for k, v in data.items() if k != alias}
+    out.setdefault(name, data[alias])
+    return out
+
+
+def canonical_names(body: Any) -> Any:
+    """An instance body (or a PATCH of one) with Cloudflare's alias field names renamed.
+
+    ``score_threshold`` → ``match_threshold``, ``source_params.web_crawler.crawl_options`` →
+    ``discover_options``.  A PATCH must be renamed before it is merged into the stored
+    config, which already holds the canonical names: merged as sent, the alias would lose.
+    """
+    body = _rename(body, "score_threshold", "match_threshold")
+    if isinstance(body, dict) and isinstance(body.get("source_params"), dict):
+        params = body["source_params"]
+        if isinstance(params.get("web_crawler"), dict):
+            crawler = _rename(params["web_crawler"], "crawl_options", "discover_options")
+            body = {**body, "source_params": {**params, "web_crawler": crawler}}
+    return body
+
+
 class WebCrawler(_Model):
     parse_type: Literal["sitemap", "discover", "crawl", "feed-rss"] = "sitemap"
     parse_options: ParseOptions = Field(default_factory=ParseOptions)
@@ -84,9 +109,7 @@ class WebCrawler(_Model):
     @model_validator(mode="before")
     @classmethod
     def _crawl_options_alias(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "crawl_options" in data and "discover_options" not in data:
-            data = {**data, "discover_options": data["crawl_options"]}
-        return data
+        return _rename(data, "crawl_options", "discover_options")
 
 
 class SourceParams(_Model):
@@ -199,8 +222,7 @@ class InstanceConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "score_threshold" in data and "match_threshold" not in data:
-            data = {**data, "match_threshold": data["score_threshold"]}
+        data = _rename(data, "score_threshold", "match_threshold")
         if isinstance(data, dict) and isinstance(data.get("cache_threshold"), str):
             data = {**data, "cache_threshold": CACHE_THRESHOLDS.get(data["cache_threshold"], data["cache_threshold"])}
         return data

@@ -63,6 +63,7 @@ class SearchRequest(_Body):
     messages: list[Message] | None = None
     rewrite_query: bool = False
     max_num_results: int | None = Field(default=None, ge=1, le=50)
+    match_threshold: float | None = Field(default=None, ge=0, le=1)  # the seeds' flat per-request name
     ranking_options: RankingOptions | None = None
     reranking: RerankingOptions | bool | None = None
     filters: dict[str, Any] | None = None
@@ -90,7 +91,7 @@ class SearchRequest(_Body):
     def resolved(self, *, default_max: int, default_threshold: float) -> tuple[int, float, dict[str, Any] | None]:
         """``(max_num_results, score_threshold, filters)``, nested options winning over flat ones."""
         max_n = self.max_num_results or default_max
-        threshold = default_threshold
+        threshold = default_threshold if self.match_threshold is None else self.match_threshold
         if self.ranking_options and self.ranking_options.score_threshold is not None:
             threshold = self.ranking_options.score_threshold
         filters = self.filters

@@ -106,6 +106,20 @@ def test_messages_form_and_threshold(crawled: dict[str, Any]) -> None:
     assert strict["result"]["data"] == []
 
 
+@pytest.mark.parametrize("path", ["search", "ai-search"])
+def test_flat_match_threshold_per_request(crawled: dict[str, Any], path: str) -> None:
+    """The seeds: "use the parameters match_threshold and max_num_results ... per request"."""
+    client = crawled["client"]
+    url = f"{ACCOUNT}/instances/fixture/{path}"
+    scores = [h["score"] for h in client.post(url, json={"query": "saffron harvest"}, headers=AUTH).json()["result"]["data"]]
+    assert len(scores) >= 3
+    cut = (scores[0] + scores[1]) / 2  # keeps the best only
+    kept = client.post(url, json={"query": "saffron harvest", "match_threshold": cut}, headers=AUTH).json()["result"]["data"]
+    assert [h["score"] for h in kept] == scores[:1]
+    r = client.post(url, json={"query": "saffron harvest", "match_threshold": 1.5}, headers=AUTH)
+    assert r.status_code == 400 and "match_threshold" in r.json()["errors"][0]["message"]
+
+
 def test_disallowed_and_excluded_pages_absent_with_reasons(crawled: dict[str, Any]) -> None:
     fetched = {r.path for r in crawled["requests"]}
     assert "/private/secret.html" not in fetched

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
-from indexer.instance import InstanceConfig, normalize_source
+from indexer.instance import InstanceConfig, canonical_names, normalize_source
 from server.auth import EditDep, ReadDep
 from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, forget_instance, load_instance
 from server.errors import APIError, envelope, validation_message
@@ -76,7 +76,7 @@ def update_instance(
                 f"{field}: cannot be changed after creation (the data source, embedding model, name and id are "
                 "fixed; create a new instance instead)",
             )
-    merged = _deep_merge(current, body)
+    merged = _deep_merge(current, canonical_names(body))  # aliases first, or the stored names would win
     config = parse_config(merged)
     state.update_instance_config(instance_id, config.model_dump(mode="json"))
     forget_instance(request, instance_id)  # other API processes: within instance_cache_seconds
