@@ -275,8 +275,15 @@ def _walk_key(url: str) -> str | None:
 
 
 def _absolute_url(ref: str, base_url: str) -> str | None:
-    """Resolve ``ref`` against ``base_url``; None unless the result is http(s) with a host."""
+    """Resolve ``ref`` against ``base_url``, fragment dropped; None unless the result is http(s) with a host.
+
+    A fragment is never sent to the server: ``/a.html#x`` and ``/a.html`` are one page, and
+    kept apart they would be two frontier items of which the crawl's duplicate filter
+    fetches one, leaving the other queued for ever.
+    """
     ref = ref.strip()
+    if "#" in ref:
+        ref = ref.split("#", 1)[0]
     if _FAST_ABSOLUTE_URL.match(ref):  # common case: already absolute and clean
         return ref if len(ref) <= MAX_URL_LENGTH else None
     ref = ref.replace("\t", "").replace("\r", "").replace("\n", "")
