@@ -708,6 +708,12 @@ class SiteSpider(scrapy.Spider):
         if status == 304:
             self.state.update_item(item_id, http_status=304, status="indexed", error=None, **checked)
             self.state.incr_job(self.job_id, not_modified=1)
+        elif status in (404, 410) and not (self.state.get_item_by_id(item_id) or {}).get("indexed_at"):
+            # never indexed: a broken link (in a sitemap or a page), an error to show, nothing to remove
+            message = f"HTTP {status}: listed but not found (nothing to index)"
+            self.state.update_item(item_id, status="error", http_status=status, error=message, pending_job=None, **checked)
+            self.state.incr_job(self.job_id, fetched=1, errors=1)
+            self.log_job(message, url=response.url, level="error")
         elif status in (404, 410):  # chunks removed when the crawl ends (safety guard: _apply_deletions)
             self.state.update_item(item_id, http_status=status, error=f"HTTP {status}", **checked)
             if self.shared is not None:
