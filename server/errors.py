@@ -106,8 +106,13 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
         if etype == "missing":
             msgs.append(f"{field}: field required")
             continue
+        if field == "body" and etype in ("model_attributes_type", "model_type", "dict_type"):
+            # e.g. curl -d without -H 'Content-Type: application/json' (sent as a form), or a JSON array
+            msgs.append("body: must be a JSON object, sent with Content-Type: application/json")
+            continue
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        msgs.append(f"{field}: {msg}")
+        # a validator that names the field itself (``field[3]: ...``) is not prefixed twice
+        msgs.append(msg if msg.startswith((f"{field}:", f"{field}[")) else f"{field}: {msg}")
     return "; ".join(msgs)
 
 

@@ -45,3 +45,14 @@ def test_crawl_options_alias_on_patch(tmp_path: Path, model_dir: Path) -> None:
         crawler = got["source_params"]["web_crawler"]
         assert crawler["discover_options"]["depth"] == 2
         assert "crawl_options" not in crawler
+
+
+def test_a_validator_naming_its_field_is_not_prefixed_twice(tmp_path: Path, model_dir: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, model_dir))) as client:
+        body = {"id": "x", "type": "web-crawler", "source": "example.com", "source_params": {"include_items": ["**"] * 11}}
+        r = client.post(f"{ACCOUNT}/instances", json=body, headers=AUTH)
+        assert r.status_code == 400
+        assert r.json()["errors"][0]["message"] == "source_params.include_items: at most 10 patterns (got 11)"
+        body["source_params"] = {"exclude_items": ["**", ""]}
+        r = client.post(f"{ACCOUNT}/instances", json=body, headers=AUTH)
+        assert r.json()["errors"][0]["message"] == "source_params.exclude_items[1]: empty pattern"

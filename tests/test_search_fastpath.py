@@ -84,7 +84,12 @@ def test_bad_bodies_name_the_field(client: TestClient) -> None:
     r = search(client, content=b'{"query": ', headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in message(r)
     r = search(client, content=b'{"query": "x"}', headers={**AUTH, "Content-Type": "text/plain"})
-    assert r.status_code == 400 and message(r).startswith("body:")
+    assert r.status_code == 400 and message(r) == "body: must be a JSON object, sent with Content-Type: application/json"
+    for path in ("search", "ai-search"):  # curl -d without a Content-Type sends a form: say what to do
+        r = client.post(f"{ACCOUNT}/instances/animals/{path}", content=b'{"query": "x"}',
+                        headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and "Content-Type: application/json" in message(r), r.text
+        assert "SearchRequest" not in message(r)
     r = search(client, content=b'["query"]', headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400 and message(r).startswith("body:")
     r = search(client, {"query": "x", "max_num_results": "many"})
