@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         site_root.mkdir()
         data_dir = args.data_dir or Path(tmp) / "data"
         site = GeneratedSite(site_root, args.pages)
-        settings = Settings(data_dir=data_dir, model_dir=args.model_dir, api_token=TOKEN)
+        settings = Settings(data_dir=data_dir, model_dir=args.model_dir, api_token=TOKEN, sync_on_create=False)
         with DevSite(site_root) as dev, TestClient(create_app(settings)) as client:
             state = client.app.state.state
             site.write_sitemap(dev.url)

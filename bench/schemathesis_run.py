@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     report_dir = args.report_dir or data_dir / "reports"
     report_dir.mkdir(parents=True, exist_ok=True)
     token = "ss_bench_" + secrets.token_urlsafe(24)
-    settings = Settings(data_dir=data_dir / "data", model_dir=ensure_default_model(args.models_dir), api_token=token)
+    settings = Settings(data_dir=data_dir / "data", model_dir=ensure_default_model(args.models_dir), api_token=token,
+                        sync_on_create=False)  # fuzzed instances must not start crawls of fuzzed sources
     failures: list[dict[str, str]] = []
     try:
         with DevSite(DEMO_SITE) as site, live_server(settings) as (base_url, app):

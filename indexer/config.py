@@ -89,6 +89,7 @@ class Settings(BaseSettings):
 
     # --- jobs ------------------------------------------------------------------
     index_poll_interval: float = 0.5  # seconds between looks at the pending-index queue
+    sync_on_create: bool = True  # a new website instance starts its first sync at once (as Cloudflare)
 
     def generation_api_key(self, env_name: str | None = None) -> str | None:
         """The generation API key from ``env_name`` (default :attr:`generation_api_key_env`).
@@ -168,4 +169,5 @@ def settings_env(settings: Settings) -> dict[str, str]:
                  "max_pages_per_instance", "frontier_batch", "render_context_pages"):
         env[f"SITESEARCH_{name.upper()}"] = str(getattr(settings, name))
     env["SITESEARCH_AUTOTHROTTLE"] = "1" if settings.autothrottle else "0"
+    env["SITESEARCH_SYNC_ON_CREATE"] = "1" if settings.sync_on_create else "0"
     return env

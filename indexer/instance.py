@@ -27,7 +27,9 @@ DEFAULT_EMBEDDING_MODEL = "sitesearch/all-MiniLM-L6-v2-onnx"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # hide_input_in_errors: a ValidationError's text (logged by the scheduler, in tracebacks) would
+    # otherwise quote the input, crawl header values included (docs/api.md, "Secrets")
+    model_config = ConfigDict(extra="allow", populate_by_name=True, hide_input_in_errors=True)
 
 
 class DiscoverOptions(_Model):

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -27,18 +28,47 @@ READ = "AI Search:Read"
 EDIT = "AI Search:Edit"
 RUN = "AI Search:Run"
 PERMISSIONS = (READ, EDIT, RUN)
+#: Permissions that come with another: a token that may change an instance may also query it
+#: (the seeds ask for Read + Edit on the REST API page and for Edit + Run when getting started).
+IMPLIED = {EDIT: (RUN,)}
 BOOTSTRAP_NAME = "bootstrap"
 TOKEN_PREFIX = "ss_"
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling, and what they may do."""
+    """Who is calling, and what they may do (``permissions``: as granted plus :data:`IMPLIED`)."""
 
     token_id: str
     name: str
     permissions: frozenset[str] = field(default_factory=frozenset)
     folder_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "permissions", effective_permissions(self.permissions))
+
+
+def effective_permissions(granted: Iterable[str]) -> frozenset[str]:
+    """``granted`` plus the permissions they imply (Edit → Run).
+
+    Args:
+        granted: permission names as stored on a token.
+
+    Returns:
+        Every permission the holder has.
+    """
+    out = set(granted)
+    for permission in tuple(out):
+        out.update(IMPLIED.get(permission, ()))
+    return frozenset(out)
+
+
+def may_read_secrets(principal: Principal) -> bool:
+    """Whether ``principal`` sees secret config values (crawl header values): Edit, no folder restriction.
+
+    The same callers may change them; everyone else sees :data:`server.schemas.SECRET_MASK`.
+    """
+    return EDIT in principal.permissions and not principal.folder_prefix
 
 
 def new_secret() -> str:
@@ -134,7 +164,9 @@ def require(permission: str):  # noqa: ANN201 - a FastAPI dependency factory
 def check_permission(principal: Principal, permission: str, path: str) -> Principal:
     """``principal`` if it may use ``permission`` on ``path`` (403 naming what is missing otherwise)."""
     if permission not in principal.permissions:
-        raise APIError(403, f"this token lacks the '{permission}' permission")
+        also = [p for p, implied in IMPLIED.items() if permission in implied]
+        hint = f" (or '{also[0]}', which includes it)" if also else ""
+        raise APIError(403, f"this token lacks the '{permission}' permission{hint}")
     if permission == EDIT and principal.folder_prefix and not tenant_may_edit(path):
         raise APIError(
             403,

@@ -163,9 +163,44 @@ def item_public(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def instance_public(row: dict[str, Any]) -> dict[str, Any]:
+#: What a caller who may not read secrets sees instead of a crawl header value (docs/api.md).
+SECRET_MASK = "********"
+#: Where an instance config keeps its secret-valued map: the crawler's custom request headers.
+SECRET_HEADERS_PATH = ("source_params", "web_crawler", "parse_options", "include_headers")
+
+
+def secret_headers(config: Any) -> dict[str, Any] | None:
+    """The ``include_headers`` map of an instance config or body (None when it has none)."""
+    for key in SECRET_HEADERS_PATH:
+        if not isinstance(config, dict):
+            return None
+        config = config.get(key)
+    return config if isinstance(config, dict) else None
+
+
+def mask_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every ``include_headers`` value replaced by :data:`SECRET_MASK` (names kept)."""
+    headers = secret_headers(config)
+    if not headers:
+        return config
+    return _replace_at(config, SECRET_HEADERS_PATH, {name: SECRET_MASK for name in headers})
+
+
+def _replace_at(data: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``value`` at ``path`` (the path exists; nothing is changed in place)."""
+    head, *rest = path
+    return {**data, head: _replace_at(data[head], tuple(rest), value) if rest else value}
+
+
+def instance_public(row: dict[str, Any], *, reveal_secrets: bool = False) -> dict[str, Any]:
+    """An instance as the API shows it; crawl header values masked unless ``reveal_secrets``.
+
+    Args:
+        row: a stored instance row.
+        reveal_secrets: the caller may read secrets (:func:`server.auth.may_read_secrets`).
+    """
     return {
-        **row["config"],
+        **(row["config"] if reveal_secrets else mask_secrets(row["config"])),
         "id": row["id"],
         "type": row["type"],
         "source": row["source"],

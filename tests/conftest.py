@@ -44,6 +44,7 @@ def make_settings(data_dir: Path, model_dir: Path, **overrides: Any) -> Settings
         "autothrottle": False,
         "concurrent_requests_per_host": 1,
         "index_poll_interval": 0.1,
+        "sync_on_create": False,  # tests start their syncs themselves (tests/test_sync_on_create.py: the default)
     }
     values.update(overrides)
     return Settings(**values)

@@ -98,12 +98,16 @@ def _calls(client: TestClient) -> dict[str, tuple[str, Any]]:
     }
 
 
+#: What each permission allows: Edit includes Run (a token that may change an instance may query it).
+GRANTS = {READ: {READ}, EDIT: {EDIT, RUN}, RUN: {RUN}}
+
+
 @pytest.mark.parametrize("held", [READ, EDIT, RUN])
 def test_each_permission_allows_exactly_its_routes(client: TestClient, held: str) -> None:
     headers = bearer(mint(client, held))
     for name, (needed, call) in _calls(client).items():
         r = call(headers)
-        if needed == held:
+        if needed in GRANTS[held]:
             assert r.status_code == 200, (name, r.text)
         else:
             assert r.status_code == 403, (name, r.text)
@@ -119,9 +123,13 @@ def test_missing_or_wrong_bearer(client: TestClient) -> None:
 
 def test_no_privilege_escalation(client: TestClient) -> None:
     editor = bearer(mint(client, EDIT))
-    r = mint(client, RUN, headers=editor)
-    assert r.status_code == 403 and "AI Search:Run" in r.json()["errors"][0]["message"]
+    r = mint(client, READ, headers=editor)
+    assert r.status_code == 403 and "AI Search:Read" in r.json()["errors"][0]["message"]
     assert mint(client, EDIT, headers=editor).status_code == 200
+    assert mint(client, RUN, headers=editor).status_code == 200  # Edit includes Run
+    runner = bearer(mint(client, RUN))
+    r = mint(client, EDIT, headers=runner)
+    assert r.status_code == 403 and "AI Search:Edit" in r.json()["errors"][0]["message"]
     tenant = mint(client, EDIT, RUN, READ, folder_prefix="tenant-x/")
     tenant_headers, tenant_id = bearer(tenant), tenant.json()["result"]["id"]
     r = mint(client, RUN, headers=tenant_headers)
@@ -134,6 +142,22 @@ def test_no_privilege_escalation(client: TestClient) -> None:
     assert seen == {tenant_id, sub.json()["result"]["id"]}
     editor_id = client.get(f"{ACCOUNT}/tokens", headers=AUTH).json()["result"][0]["id"]
     assert client.delete(f"{ACCOUNT}/tokens/{editor_id}", headers=tenant_headers).status_code == 404
+
+
+@pytest.mark.parametrize("perms", [(READ, EDIT), (EDIT, RUN), (EDIT,)])
+def test_both_documented_recipes_can_query(client: TestClient, perms: tuple[str, ...]) -> None:
+    """Seeds: the REST API page asks for Read + Edit, the get-started page for Edit + Run."""
+    headers = bearer(mint(client, *perms))
+    for route in ("search", "ai-search"):
+        r = client.post(f"{ACCOUNT}/instances/docs/{route}", json={"query": "note"}, headers=headers)
+        assert r.status_code == 200, (route, r.text)
+
+
+def test_read_only_cannot_query_and_is_told_what_would_do(client: TestClient) -> None:
+    r = client.post(f"{ACCOUNT}/instances/docs/search", json={"query": "note"}, headers=bearer(mint(client, READ)))
+    assert r.status_code == 403
+    assert r.json()["errors"][0]["message"] == (
+        "this token lacks the 'AI Search:Run' permission (or 'AI Search:Edit', which includes it)")
 
 
 def test_wrong_account_is_404(client: TestClient) -> None:

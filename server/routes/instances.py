@@ -1,18 +1,25 @@
-"""``/instances``: create, list, get, update, delete; stats (items: :mod:`server.routes.items`)."""
+"""``/instances``: create, list, get, update, delete; stats (items: :mod:`server.routes.items`).
+
+Crawl header values (``include_headers``) are secrets: responses mask them unless the caller
+may read them (:func:`server.auth.may_read_secrets`), and a masked value sent back keeps the
+stored one (docs/api.md, "Secrets").
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
 from indexer.instance import InstanceConfig, canonical_names, normalize_source
-from server.auth import EditDep, ReadDep
-from server.deps import AccountDep, ServiceDep, SettingsDep, StateDep, forget_instance, load_instance
+from server.auth import EditDep, ReadDep, may_read_secrets
+from server.deps import AccountDep, RunnerDep, ServiceDep, SettingsDep, StateDep, forget_instance, load_instance
 from server.errors import APIError, envelope, validation_message
+from server.routes.jobs import CREATE_SOURCE, start_sync
 from server.routes.search import similarity_cache
-from server.schemas import instance_public
+from server.schemas import SECRET_HEADERS_PATH, SECRET_MASK, instance_public, secret_headers
 
 router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances", tags=["instances"])
 
@@ -30,14 +37,14 @@ def parse_config(data: dict[str, Any]) -> InstanceConfig:
 
 @router.post("")
 def create_instance(
-    request: Request, _: AccountDep, __: EditDep, state: StateDep, settings: SettingsDep,
+    request: Request, _: AccountDep, principal: EditDep, state: StateDep, settings: SettingsDep, runner: RunnerDep,
     body: dict[str, Any] = Body(...),
 ) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise APIError(400, "body: must be a JSON object")
     if "type" not in body:
         body = {**body, "type": "web-crawler" if body.get("source") else "r2"}
-    config = parse_config(body)
+    config = parse_config(unmask_headers(body, {}))
     if state.get_instance(config.id):
         raise APIError(409, f"id: an instance named {config.id!r} already exists")
     if state.count_instances() >= settings.max_instances:
@@ -45,24 +52,28 @@ def create_instance(
     data = config.model_dump(mode="json")
     row = state.create_instance(config.id, config.type, config.source, data)
     forget_instance(request, config.id)  # a same-named instance deleted by another process may still be cached
-    return envelope(instance_public(row))
+    if settings.sync_on_create and config.type == "web-crawler" and not config.paused:
+        start_sync(state, runner, config.id, CREATE_SOURCE)  # "indexing begins when you create an instance"
+    return envelope(instance_public(row, reveal_secrets=may_read_secrets(principal)))
 
 
 @router.get("")
-def list_instances(_: AccountDep, __: ReadDep, state: StateDep) -> dict[str, Any]:
-    rows = [instance_public(r) for r in state.list_instances()]
+def list_instances(_: AccountDep, principal: ReadDep, state: StateDep) -> dict[str, Any]:
+    reveal = may_read_secrets(principal)
+    rows = [instance_public(r, reveal_secrets=reveal) for r in state.list_instances()]
     return envelope(rows, result_info={"count": len(rows), "total_count": len(rows), "page": 1, "per_page": len(rows)})
 
 
 @router.get("/{instance_id}")
-def get_instance(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str) -> dict[str, Any]:
+def get_instance(_: AccountDep, principal: ReadDep, state: StateDep, instance_id: str) -> dict[str, Any]:
     row, _cfg = load_instance(state, instance_id)
-    return envelope(instance_public(row))
+    return envelope(instance_public(row, reveal_secrets=may_read_secrets(principal)))
 
 
 @router.patch("/{instance_id}")
 def update_instance(
-    request: Request, _: AccountDep, __: EditDep, state: StateDep, instance_id: str, body: dict[str, Any] = Body(...)
+    request: Request, _: AccountDep, principal: EditDep, state: StateDep, instance_id: str,
+    body: dict[str, Any] = Body(...),
 ) -> dict[str, Any]:
     row, cfg = load_instance(state, instance_id)
     if not isinstance(body, dict):
@@ -76,11 +87,12 @@ def update_instance(
                 f"{field}: cannot be changed after creation (the data source, embedding model, name and id are "
                 "fixed; create a new instance instead)",
             )
-    merged = _deep_merge(current, canonical_names(body))  # aliases first, or the stored names would win
-    config = parse_config(merged)
+    patch = unmask_headers(canonical_names(body), row["config"])  # aliases first, or the stored names would win
+    config = parse_config(_deep_merge(current, patch))
     state.update_instance_config(instance_id, config.model_dump(mode="json"))
     forget_instance(request, instance_id)  # other API processes: within instance_cache_seconds
-    return envelope(instance_public(state.get_instance(instance_id)))  # type: ignore[arg-type]
+    updated: dict[str, Any] = state.get_instance(instance_id)  # type: ignore[assignment]
+    return envelope(instance_public(updated, reveal_secrets=may_read_secrets(principal)))
 
 
 @router.delete("/{instance_id}")
@@ -116,6 +128,41 @@ def instance_stats(_: AccountDep, __: ReadDep, state: StateDep, instance_id: str
             "last_job": job[0]["id"] if job else None,
         }
     )
+
+
+def unmask_headers(body: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with each ``include_headers`` value sent as :data:`SECRET_MASK` replaced by the stored value.
+
+    So a GET (masked) → modify → PATCH round trip keeps the secrets. Header names match
+    case-insensitively, as in HTTP; the name as sent is kept.
+
+    Args:
+        body: an instance body or PATCH, with canonical field names.
+        stored: the instance's stored config (``{}`` when creating).
+
+    Raises:
+        APIError: 400 naming the header when a mask stands for no stored value.
+    """
+    headers = secret_headers(body)
+    if not headers or SECRET_MASK not in headers.values():
+        return body
+    known = secret_headers(stored) or {}
+    folded = {name.lower(): value for name, value in known.items()}
+    out = copy.deepcopy(body)
+    target = secret_headers(out)
+    assert target is not None
+    for name, value in headers.items():
+        if value != SECRET_MASK:
+            continue
+        if name in known or name.lower() in folded:
+            target[name] = known.get(name, folded.get(name.lower()))
+        else:
+            raise APIError(
+                400,
+                f"{'.'.join(SECRET_HEADERS_PATH)}.{name}: {SECRET_MASK!r} is how the API masks a stored value, and "
+                f"there is none for {name!r} here; send the header's real value",
+            )
+    return out
 
 
 def _comparable(field: str, value: Any) -> Any:

@@ -18,6 +18,7 @@ router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances/
 
 
 SYNC_COOLDOWN = 30.0  # seconds between manual sync requests of one instance (as documented by Cloudflare)
+CREATE_SOURCE = "create"  # job source of the first sync, started when an instance is created
 
 
 def start_sync(
@@ -28,11 +29,16 @@ def start_sync(
     Args:
         target: sync one item: the URL to re-fetch and re-index (None: a full sync).
     """
-    _row, config = load_instance(state, instance_id)
+    row, config = load_instance(state, instance_id)
     if config.type != "web-crawler":
         raise APIError(400, f"instance {instance_id!r} has no website to crawl (type {config.type!r})")
     last = state.last_job(instance_id, full_sync_only=True)
-    if target is None and last is not None:
+    if target is None and last is not None and last["source"] == CREATE_SOURCE:
+        # The sync started by creating the instance is what "create, then sync" asks for (so
+        # scripts written for either flow work), unless the instance changed since it started.
+        if last["status"] in ("queued", "running") and row["modified_at"] <= last["created_at"]:
+            return last
+    elif target is None and last is not None:
         wait = SYNC_COOLDOWN - (time.time() - last["created_at"])
         if wait > 0:
             raise APIError(
