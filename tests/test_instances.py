@@ -187,6 +187,27 @@ def test_max_instances(client: TestClient) -> None:
         assert client.delete(f"{ACCOUNT}/instances/extra-{i}", headers=AUTH).status_code == 200
 
 
+def test_list_is_paginated(client: TestClient) -> None:
+    for i in range(3):
+        assert create(client, {"id": f"page-{i}", "type": "r2"}).status_code == 200
+    try:
+        every = client.get(f"{ACCOUNT}/instances", headers=AUTH).json()
+        ids = [r["id"] for r in every["result"]]
+        assert every["result_info"] == {"count": len(ids), "total_count": len(ids), "page": 1, "per_page": 50}
+        pages = []
+        for page in range(1, len(ids) // 2 + 2):
+            body = client.get(f"{ACCOUNT}/instances?per_page=2&page={page}", headers=AUTH).json()
+            assert body["result_info"]["per_page"] == 2 and body["result_info"]["total_count"] == len(ids)
+            assert body["result_info"]["count"] == len(body["result"]) <= 2
+            pages += [r["id"] for r in body["result"]]
+        assert pages == ids  # oldest first, each once
+        r = client.get(f"{ACCOUNT}/instances?per_page=101", headers=AUTH)
+        assert r.status_code == 400 and "per_page" in r.json()["errors"][0]["message"]
+    finally:
+        for i in range(3):
+            client.delete(f"{ACCOUNT}/instances/page-{i}", headers=AUTH)
+
+
 def test_r2_instance_has_no_crawler(client: TestClient) -> None:
     assert create(client, {"id": "bucket", "type": "r2"}).status_code == 200
     r = client.post(f"{ACCOUNT}/instances/bucket/jobs", headers=AUTH)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import ValidationError
 
 from indexer.instance import InstanceConfig, canonical_names, normalize_source
@@ -58,10 +58,19 @@ def create_instance(
 
 
 @router.get("")
-def list_instances(_: AccountDep, principal: ReadDep, state: StateDep) -> dict[str, Any]:
+def list_instances(
+    _: AccountDep,
+    principal: ReadDep,
+    state: StateDep,
+    page: int = Query(default=1, ge=1, le=1_000_000),
+    per_page: int = Query(default=50, ge=1, le=100),
+) -> dict[str, Any]:
+    """Instances, oldest first, a page at a time (``page``, ``per_page``: 1-100, default 50)."""
     reveal = may_read_secrets(principal)
-    rows = [instance_public(r, reveal_secrets=reveal) for r in state.list_instances()]
-    return envelope(rows, result_info={"count": len(rows), "total_count": len(rows), "page": 1, "per_page": len(rows)})
+    every = state.list_instances()  # at most max_instances rows
+    rows = [instance_public(r, reveal_secrets=reveal) for r in every[(page - 1) * per_page : page * per_page]]
+    info = {"count": len(rows), "total_count": len(every), "page": page, "per_page": per_page}
+    return envelope(rows, result_info=info)
 
 
 @router.get("/{instance_id}")
