@@ -188,3 +188,27 @@ def test_tenant_read_token_cannot_read_sync_jobs(client: TestClient) -> None:
     r = client.get(f"{ACCOUNT}/instances/docs/jobs", headers=tenant)
     assert r.status_code == 403 and "folder-restricted" in r.json()["errors"][0]["message"]
     assert client.get(f"{ACCOUNT}/instances/docs/jobs", headers=AUTH).status_code == 200
+
+
+def test_cloudflare_service_token_registration_is_answered_and_nothing_is_stored(client: TestClient) -> None:
+    """Get-started step 4 (seeds): POST /tokens {cf_api_id, cf_api_key, name} → {id, name, cf_api_id, ...}."""
+    before = client.get(f"{ACCOUNT}/tokens", headers=AUTH).json()["result"]
+    body = {"cf_api_id": "a1b2c3", "cf_api_key": "very-secret-key", "name": "AI Search Service Token"}
+    r = client.post(f"{ACCOUNT}/tokens", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    assert set(result) == {"id", "name", "cf_api_id", "created_at", "modified_at", "enabled"}
+    assert (result["name"], result["cf_api_id"], result["enabled"]) == ("AI Search Service Token", "a1b2c3", True)
+    assert "very-secret-key" not in r.text
+    again = client.post(f"{ACCOUNT}/tokens", json=body, headers=AUTH).json()["result"]
+    assert again["id"] == result["id"]  # the same service token, the same id
+    assert client.get(f"{ACCOUNT}/tokens", headers=AUTH).json()["result"] == before  # nothing stored
+    # the id goes in an instance's token_id (stored only)
+    r = client.post(f"{ACCOUNT}/instances", json={"id": "with-token", "type": "r2", "token_id": result["id"]}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["result"]["token_id"] == result["id"]
+    client.delete(f"{ACCOUNT}/instances/with-token", headers=AUTH)
+    r = client.post(f"{ACCOUNT}/tokens", json={"cf_api_id": "a1b2c3"}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["errors"][0]["message"] == "cf_api_key: field required"
+    reader = client.post(f"{ACCOUNT}/tokens", json={"name": "r", "permissions": ["AI Search:Read"]}, headers=AUTH)
+    r = client.post(f"{ACCOUNT}/tokens", json=body, headers={"Authorization": f"Bearer {reader.json()['result']['value']}"})
+    assert r.status_code == 403  # registering needs Edit, as on Cloudflare

@@ -14,7 +14,9 @@ subset of the caller's, and a caller restricted to a folder prefix can only crea
 from __future__ import annotations
 
 import logging
+import time
 import unicodedata
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Body
@@ -70,6 +72,8 @@ def create_token(_: AccountDep, principal: EditDep, state: StateDep, body: dict[
     """Create a token; the response's ``value`` is the secret, shown this once."""
     if not isinstance(body, dict):
         raise APIError(400, "body: must be a JSON object")
+    if "cf_api_id" in body and "permissions" not in body:
+        return envelope(_service_token_registration(body))
     name = _text(body, "name", MAX_NAME_LENGTH, required=True)
     permissions = body.get("permissions")
     if not isinstance(permissions, list) or not permissions or not all(isinstance(p, str) for p in permissions):
@@ -89,6 +93,22 @@ def create_token(_: AccountDep, principal: EditDep, state: StateDep, body: dict[
     secret, row = mint_token(state, name, list(dict.fromkeys(permissions)), folder_prefix=prefix)  # type: ignore[arg-type]
     logger.info("token %s (%s) created by %s", row["id"], name, principal.token_id)
     return envelope({**token_public(row), "value": secret})
+
+
+def _service_token_registration(body: dict[str, Any]) -> dict[str, Any]:
+    """Answer Cloudflare's "register the service token" call (get-started step 4) so its scripts run.
+
+    Cloudflare keeps that token to reach the account's own R2, Vectorize and Workers AI; a
+    self-hosted install has no such account, so the key is checked for shape and then
+    forgotten: nothing is stored.  The ``id`` is derived from ``cf_api_id`` (the same id on
+    every call), for the ``token_id`` field of an instance, which is stored only.
+    """
+    cf_api_id = _text(body, "cf_api_id", MAX_NAME_LENGTH, required=True)
+    _text(body, "cf_api_key", 4096, required=True)
+    name = _text(body, "name", MAX_NAME_LENGTH, required=False) or "AI Search Service Token"
+    now = iso(time.time())
+    token_id = uuid.uuid5(uuid.NAMESPACE_URL, f"sitesearch:service-token:{cf_api_id}").hex
+    return {"id": token_id, "name": name, "cf_api_id": cf_api_id, "created_at": now, "modified_at": now, "enabled": True}
 
 
 @router.get("")
