@@ -19,6 +19,10 @@ leniencies that its test-suite relies on. Why not Protego itself:
   and every behaviour is pinned by the conformance tests in
   ``tests/test_robots.py``.
 
+Group selection for our crawler: groups for ``sitesearch`` win, then groups for
+Cloudflare AI Search's crawler (``Cloudflare-AI-Search``, then its former name
+``Cloudflare-AutoRAG``), then ``*``; see ``ROBOTS_AGENT_TOKENS``.
+
 Where the two conformance sets contradict each other, we follow the RFC
 text. The only real contradictions are three Google ``ID_Encoding`` rows
 whose input is byte-identical to Protego rows that expect the opposite
@@ -57,12 +61,18 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_ROBOTS_BYTES",
+    "ROBOTS_AGENT_TOKENS",
     "USER_AGENT_TOKEN",
     "RobotsTxt",
     "robots_policy_for_status",
 ]
 
 USER_AGENT_TOKEN = "sitesearch"
+#: Product tokens whose groups our crawler obeys, in priority order. The first one that
+#: has a group in the file wins; ``*`` applies only when none has. After our own token
+#: come Cloudflare AI Search's crawler names (current, then the pre-2026 one), so a site
+#: that moves from Cloudflare AI Search keeps the rules it wrote for that crawler.
+ROBOTS_AGENT_TOKENS: tuple[str, ...] = (USER_AGENT_TOKEN, "cloudflare-ai-search", "cloudflare-autorag")
 MAX_ROBOTS_BYTES = 500 * 1024
 # google/robotstxt keeps at most kMaxLineLen - 1 = 2083 * 8 - 1 characters of a line.
 MAX_LINE_CHARS = 2083 * 8 - 1
@@ -286,8 +296,7 @@ def _decode(body: bytes | str | None, max_bytes: int) -> str:
         if body is not None:
             logger.warning("robots.txt body of type %s ignored", type(body).__name__)
         return ""
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM) :]
+    data = data.removeprefix(_UTF8_BOM)
     if len(data) > max_bytes:
         logger.info("robots.txt is %d bytes; parsing only the first %d", len(data), max_bytes)
         data = data[: max(max_bytes, 0)]
@@ -424,6 +433,19 @@ def _caller_tokens(user_agent: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([first, *others]))
 
 
+def _agent_tiers(user_agent: str) -> tuple[tuple[str, ...], ...]:
+    """The caller's tokens to look up, one tuple per priority tier, highest first.
+
+    Any caller's own product tokens come first. When the caller is our crawler
+    (its tokens include :data:`USER_AGENT_TOKEN`), the other
+    :data:`ROBOTS_AGENT_TOKENS` follow, one tier each, in their order.
+    """
+    tokens = _caller_tokens(user_agent)
+    if USER_AGENT_TOKEN not in tokens:
+        return (tokens,)
+    return (tokens, *((alias,) for alias in ROBOTS_AGENT_TOKENS if alias not in tokens))
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -443,7 +465,7 @@ class RobotsTxt:
         self._groups: tuple[_Group, ...] = tuple(groups)
         self._sitemaps: tuple[str, ...] = tuple(sitemaps)
         self._label = label
-        self._selection: dict[str, tuple[tuple[_Group, ...], tuple[_Rule, ...]]] = {}
+        self._selection: dict[str, tuple[str | None, tuple[_Group, ...], tuple[_Rule, ...]]] = {}
 
     @classmethod
     def parse(cls, body: bytes | str, *, max_bytes: int = MAX_ROBOTS_BYTES) -> RobotsTxt:
@@ -459,7 +481,7 @@ class RobotsTxt:
         """
         try:
             groups, sitemaps = _build(_decode(body, max_bytes))
-        except Exception:  # noqa: BLE001 - a crawler must survive any robots.txt
+        except Exception:
             logger.exception("robots.txt could not be parsed; treating it as empty")
             groups, sitemaps = [], []
         logger.debug("robots.txt: %d groups, %d sitemaps", len(groups), len(sitemaps))
@@ -490,6 +512,11 @@ class RobotsTxt:
     def allowed(self, url: str, user_agent: str = USER_AGENT_TOKEN) -> bool:
         """Return whether ``user_agent`` may fetch ``url``.
 
+        Our crawler (a ``user_agent`` with the ``sitesearch`` token) also obeys
+        groups written for Cloudflare AI Search when the file has none for it
+        (see :data:`ROBOTS_AGENT_TOKENS`); Crawl-delay and Request-rate come
+        from the same groups.
+
         Args:
             url: Absolute URL or path (+ query); matched on path + query.
             user_agent: Product token or full User-Agent header (case-insensitive).
@@ -500,46 +527,70 @@ class RobotsTxt:
         raw_path, path = _path_and_query(url)
         if raw_path == "/robots.txt":
             return True
-        for rule in self._select(user_agent)[1]:  # longest first, Allow first on ties
+        for rule in self._select(user_agent)[2]:  # longest first, Allow first on ties
             if rule.matches(path):
                 return rule.allow
         return True
 
     def crawl_delay(self, user_agent: str = USER_AGENT_TOKEN) -> float | None:
         """Crawl-delay in seconds for the agent's group; the largest if repeated."""
-        delays = [d for group in self._select(user_agent)[0] for d in group.crawl_delays]
+        delays = [d for group in self._select(user_agent)[1] for d in group.crawl_delays]
         return max(delays) if delays else None
 
     def request_rate(self, user_agent: str = USER_AGENT_TOKEN) -> tuple[int, int] | None:
         """Request-rate ``(requests, seconds)`` for the agent's group; the slowest if repeated."""
-        rates = [r for group in self._select(user_agent)[0] for r in group.request_rates]
+        rates = [r for group in self._select(user_agent)[1] for r in group.request_rates]
         return min(rates, key=lambda rate: rate[0] / rate[1]) if rates else None
 
-    def _select(self, user_agent: str) -> tuple[tuple[_Group, ...], tuple[_Rule, ...]]:
-        """Return the groups that apply to ``user_agent`` and their merged, sorted rules.
+    def group_agent(self, user_agent: str = USER_AGENT_TOKEN) -> str | None:
+        """Name the groups that apply to ``user_agent`` (for logs and tests).
 
-        The most specific group wins: the longest group token that is a prefix
-        of one of the caller's product tokens (all groups with that token are
-        merged); otherwise the ``*`` groups.
+        Args:
+            user_agent: Product token or full User-Agent header (case-insensitive).
+
+        Returns:
+            The matched group token (lowercase, e.g. ``"cloudflare-ai-search"``),
+            ``"*"`` for the global groups, or None when no group applies.
+        """
+        return self._select(user_agent)[0]
+
+    def _select(self, user_agent: str) -> tuple[str | None, tuple[_Group, ...], tuple[_Rule, ...]]:
+        """Return the matched token, the groups that apply to ``user_agent`` and their merged, sorted rules.
+
+        Tiers are tried in order (see :func:`_agent_tiers`). Within a tier the
+        most specific group wins: the longest group token that is a prefix of
+        one of the tier's tokens (all groups with that token are merged). The
+        first tier with a match decides; if none matches, the ``*`` groups apply.
         """
         cached = self._selection.get(user_agent)
         if cached is not None:
             return cached
-        tokens = _caller_tokens(user_agent)
+        tiers = _agent_tiers(user_agent)
         best = ""
-        for group in self._groups:
-            for agent in group.agents:
-                if len(agent) > len(best) and any(t.startswith(agent) for t in tokens):
-                    best = agent
+        for rank, tokens in enumerate(tiers):
+            for group in self._groups:
+                for agent in group.agents:
+                    if len(agent) > len(best) and any(t.startswith(agent) for t in tokens):
+                        best = agent
+            if best:
+                if rank:
+                    logger.info(
+                        "robots.txt has no group for %s; obeying the %s groups (Cloudflare AI Search compatibility)",
+                        "/".join(tiers[0]) or "the caller",
+                        best,
+                    )
+                break
         if best:
+            matched: str | None = best
             groups = tuple(g for g in self._groups if best in g.agents)
         else:
             groups = tuple(g for g in self._groups if g.is_global)
+            matched = "*" if groups else None
         rules = sorted(
             (rule for g in groups for rule in g.rules),
             key=lambda rule: (-rule.priority, not rule.allow),
         )
-        selected = (groups, tuple(rules))
+        selected = (matched, groups, tuple(rules))
         if len(self._selection) >= self._MAX_CACHED_AGENTS:
             self._selection.clear()
         self._selection[user_agent] = selected

@@ -2,7 +2,8 @@
 
 Flow (one sync job):
 
-1. ``robots.txt`` (RFC 9309 status rules; our ``sitesearch`` group wins over ``*``).
+1. ``robots.txt`` (RFC 9309 status rules; our ``sitesearch`` group, else a ``Cloudflare-AI-Search``
+   or ``Cloudflare-AutoRAG`` group, wins over ``*``; see crawler/robots.py).
 2. Sitemaps, one at a time in the order robots.txt lists them (or the instance's
    ``specific_sitemaps``, or ``/sitemap.xml``), depth-first through sitemap
    indexes, so "sitemap order" is well defined.  Every ``<url>`` passes the
