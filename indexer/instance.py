@@ -11,8 +11,9 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from indexer.boost import resolve_boosts
 from indexer.pathfilter import validate_patterns
 from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, MAX_CHUNK_OVERLAP, MIN_CHUNK_SIZE
 
@@ -153,13 +154,20 @@ class IndexingOptions(_Model):
     keyword_tokenizer: Literal["porter", "trigram"] = "porter"
 
 
+#: Validation context key: the body comes from a client (create, PATCH), not from storage.
+CLIENT_INPUT = "client_input"
+
+
 class BoostBy(_Model):
+    """One ``boost_by`` entry; ``direction`` None = the field type's default (:mod:`indexer.boost`)."""
+
     field: str = Field(min_length=1, max_length=64)
-    direction: Literal["asc", "desc", "exists", "not_exists"] = "desc"
+    direction: Literal["asc", "desc", "exists", "not_exists"] | None = None
 
 
 class RetrievalOptionsConfig(_Model):
     keyword_match_mode: Literal["and", "or"] = "or"  # "or" won the retrieval benchmark (docs/search-quality.md)
+    # at most MAX_BOOSTS from clients (InstanceConfig._boost_by); 5 accepted before, so stored configs may hold 5
     boost_by: list[BoostBy] = Field(default_factory=list, max_length=5)
 
 
@@ -193,8 +201,8 @@ class InstanceConfig(_Model):
     index_method: IndexMethod = Field(default_factory=IndexMethod)
     fusion_method: Literal["rrf", "max"] = "rrf"  # how keyword and vector results merge (hybrid)
     indexing_options: IndexingOptions = Field(default_factory=IndexingOptions)
-    retrieval_options: RetrievalOptionsConfig = Field(default_factory=RetrievalOptionsConfig)
     custom_metadata: list[CustomMetadataField] = Field(default_factory=list, max_length=10)
+    retrieval_options: RetrievalOptionsConfig = Field(default_factory=RetrievalOptionsConfig)  # after custom_metadata
     # query rewriting (seeds: "Query rewriting"); model None = the server's configured generation endpoint
     rewrite_query: bool = False
     rewrite_model: str | None = Field(default=None, max_length=256)
@@ -234,6 +242,17 @@ class InstanceConfig(_Model):
     def _id(cls, v: str) -> str:
         if not INSTANCE_ID_RE.match(v or ""):
             raise ValueError("must be 1-64 characters of lowercase letters, digits, '-' and '_', starting and ending with a letter or digit")
+        return v
+
+    @field_validator("retrieval_options")
+    @classmethod
+    def _boost_by(cls, v: RetrievalOptionsConfig, info: ValidationInfo) -> RetrievalOptionsConfig:
+        """``boost_by`` names ``timestamp`` or a ``custom_metadata`` field, asc/desc only on number/datetime."""
+        if not (info.context or {}).get(CLIENT_INPUT):
+            return v  # a stored config: checked when it was written (older rules were looser; search skips bad entries)
+        schema = info.data.get("custom_metadata")
+        if schema is not None and v.boost_by:  # None: custom_metadata failed and has its own error
+            resolve_boosts(v.boost_by, [(f.field_name, f.data_type) for f in schema], where="retrieval_options.boost_by")
         return v
 
     @field_validator("sync_interval")

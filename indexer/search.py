@@ -12,6 +12,12 @@ The ``score`` of a result is always the chunk's cosine similarity to the query
 (clipped to [0, 1]), whichever list found it, so a threshold means the same thing
 in every mode; with reranking it is the reranker's score in [0, 1] instead.  Both
 indexes receive the same compiled filter (:func:`indexer.metafilter.compile_filters`).
+
+Relevance boosting (``boost_by``, :mod:`indexer.boost`) reorders the candidates without
+changing ``score``: at least 50 candidates are retrieved, each gets
+``retrieval score + boost`` (:func:`boost_order`), and results follow that order (with
+reranking, ``reranker score + boost``); ``score`` and the threshold stay the cosine (or
+reranker) score.  Without ``boost_by`` none of this runs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.boost import Boost, boost_scores
 from indexer.metafilter import compile_filters
 from indexer.service import IndexService
 
@@ -72,6 +79,7 @@ class RetrievalOptions:
     fusion_method: str = "rrf"
     keyword_match_mode: str = "or"
     candidates: int = MIN_CANDIDATES
+    boost_by: tuple[Boost, ...] = ()  # resolved entries (indexer.boost.resolve_boosts); () = no boosting
 
 
 def search(
@@ -97,7 +105,8 @@ def search(
         score_threshold: minimum cosine similarity (or reranker score when reranking).
         filters: Cloudflare metadata filters.
         folder_prefix: tenant folder restriction.
-        options: retrieval type, fusion method and keyword match mode.
+        options: retrieval type, fusion method, keyword match mode and ``boost_by`` (which widens the
+            candidates to ``options.candidates`` and reorders them, :func:`boost_order`).
         reranker: an object with ``rerank(query, candidates) -> list[Candidate]`` setting ``fused`` to a
             [0, 1] score, or None.
         rerank_threshold: minimum reranker score (defaults to ``score_threshold``).
@@ -120,10 +129,18 @@ def search(
         folder_prefix=folder_prefix,
     )
     vector = service.embedder.embed_query(query)
-    pool = max(max_num_results, opts.candidates) if (reranker is not None or opts.retrieval_type == "hybrid") else max_num_results
+    wide = reranker is not None or opts.retrieval_type == "hybrid" or bool(opts.boost_by)
+    pool = max(max_num_results, opts.candidates) if wide else max_num_results
     candidates = retrieve(service, instance_id, query, vector, where=where, n=pool, options=opts)
+    boosts = None
+    if opts.boost_by:
+        boosts = dict(zip((c.chunk_id for c in candidates), boost_scores([c.metadata for c in candidates], opts.boost_by),
+                          strict=True))
+        candidates = boost_order(candidates, boosts, opts.retrieval_type)
     if reranker is not None:
         candidates = reranker.rerank(query, candidates)
+        if boosts is not None:  # the reranker re-sorts by its own score: keep the boost in the order
+            candidates.sort(key=lambda c: c.fused + boosts[c.chunk_id], reverse=True)
         threshold = score_threshold if rerank_threshold is None else rerank_threshold
         scored = [(c, c.fused) for c in candidates]
     else:
@@ -189,6 +206,32 @@ def retrieve(
     top_bm25 = max((c.bm25 or 0.0 for c in cands), default=0.0) or 1.0
     cands.sort(key=lambda c: (round(c.fused, 12), (c.cosine or 0.0) + (c.bm25 or 0.0) / top_bm25), reverse=True)
     return cands[:n]
+
+
+def boost_order(cands: list[Candidate], boosts: Mapping[str, float], retrieval_type: str) -> list[Candidate]:
+    """The candidates sorted by retrieval score + boost (stable: ties keep the retrieval order).
+
+    The retrieval score is brought to [0, 1] so the boost means the same in every mode: vector,
+    the cosine similarity; keyword and hybrid, the candidate's ``fused`` score (BM25, RRF or max)
+    divided by the best candidate's.
+
+    Args:
+        cands: candidates in retrieval order.
+        boosts: chunk id → additive boost (:func:`indexer.boost.boost_scores`).
+        retrieval_type: ``vector``, ``keyword`` or ``hybrid``.
+
+    Returns:
+        A new list, boosted order.
+    """
+    if retrieval_type == "vector":
+        def base(c: Candidate) -> float:
+            return c.cosine or 0.0
+    else:
+        top = max((c.fused for c in cands), default=0.0) or 1.0
+
+        def base(c: Candidate) -> float:
+            return c.fused / top
+    return sorted(cands, key=lambda c: base(c) + boosts.get(c.chunk_id, 0.0), reverse=True)
 
 
 def fuse(cands: list[Candidate], method: str) -> None:

@@ -111,8 +111,8 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
             msgs.append("body: must be a JSON object, sent with Content-Type: application/json")
             continue
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        # a validator that names the field itself (``field[3]: ...``) is not prefixed twice
-        msgs.append(msg if msg.startswith((f"{field}:", f"{field}[")) else f"{field}: {msg}")
+        # a validator that names the field itself (``field[3]: ...``, ``field.sub: ...``) is not prefixed twice
+        msgs.append(msg if msg.startswith((f"{field}:", f"{field}[", f"{field}.")) else f"{field}: {msg}")
     return "; ".join(msgs)
 
 

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from indexer.boost import MAX_BOOSTS
+from indexer.instance import BoostBy
 from indexer.search import SearchHit
 
 
@@ -36,6 +38,7 @@ class RetrievalOptions(_Body):
     filters: dict[str, Any] | None = None
     fusion_method: Literal["rrf", "max"] | None = None
     keyword_match_mode: Literal["and", "or"] | None = None
+    boost_by: list[BoostBy] | None = Field(default=None, max_length=MAX_BOOSTS)  # None: the instance's; []: none
 
 
 class QueryRewriteOptions(_Body):

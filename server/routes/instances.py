@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import ValidationError
 
-from indexer.instance import InstanceConfig, canonical_names, normalize_source
+from indexer.instance import CLIENT_INPUT, InstanceConfig, canonical_names, normalize_source
 from server.auth import EditDep, ReadDep, may_read_secrets
 from server.deps import AccountDep, RunnerDep, ServiceDep, SettingsDep, StateDep, forget_instance, load_instance
 from server.errors import APIError, envelope, validation_message
@@ -30,7 +30,7 @@ IMMUTABLE_FIELDS = ("id", "type", "source", "embedding_model", "name")
 def parse_config(data: dict[str, Any]) -> InstanceConfig:
     """Validate an instance body, turning pydantic errors into a 400 naming the fields."""
     try:
-        return InstanceConfig.model_validate(data)
+        return InstanceConfig.model_validate(data, context={CLIENT_INPUT: True})
     except ValidationError as exc:
         raise APIError(400, validation_message(list(exc.errors()))) from None
 

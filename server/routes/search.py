@@ -2,7 +2,8 @@
 
 Options resolve request over instance over server: ``ai_search_options`` (nested) over the
 seeds' flat fields over the instance's configuration (``index_method`` → retrieval type,
-``fusion_method``, ``retrieval_options.keyword_match_mode``, ``reranking``/``reranking_model``,
+``fusion_method``, ``retrieval_options.keyword_match_mode`` and ``.boost_by`` (a request's
+``boost_by`` replaces the instance's; ``[]`` turns it off), ``reranking``/``reranking_model``,
 ``ai_search_model``, ``system_prompt_ai_search``) over :class:`~indexer.config.Settings`.
 
 ``stream: true`` on ``/ai-search`` answers with Server-Sent Events: one
@@ -31,6 +32,7 @@ from indexer.answer import (
     extractive_parts,
     sources_block,
 )
+from indexer.boost import BoostError, resolve_boosts
 from indexer.instance import InstanceConfig
 from indexer.keyword import KeywordQueryError
 from indexer.metafilter import FilterError
@@ -91,6 +93,8 @@ def plan_search(config: InstanceConfig, body: SearchRequest) -> Plan:
     rtype = "hybrid" if (im.vector and im.keyword) else ("keyword" if im.keyword else "vector")
     fusion = config.fusion_method
     mode = config.retrieval_options.keyword_match_mode
+    boost_by: list[Any] = config.retrieval_options.boost_by
+    where = "retrieval_options.boost_by"
     rr = body.reranking
     flat_rr = RerankingOptions(enabled=rr) if isinstance(rr, bool) else rr
     rerank, rerank_model, rerank_threshold = config.reranking, config.reranking_model, None
@@ -106,18 +110,29 @@ def plan_search(config: InstanceConfig, body: SearchRequest) -> Plan:
         rtype = r.retrieval_type or rtype
         fusion = r.fusion_method or fusion
         mode = r.keyword_match_mode or mode
+        if r.boost_by is not None:  # replaces the instance's entirely ([] turns boosting off)
+            boost_by, where = r.boost_by, "ai_search_options.retrieval.boost_by"
         qr = body.ai_search_options.query_rewrite
         if qr is not None:
             rewrite = requested = qr.enabled
             rewrite_model = qr.model or rewrite_model
             rewrite_prompt = qr.rewrite_prompt
+    boosts: tuple[Any, ...] = ()
+    if boost_by:
+        try:
+            boosts = resolve_boosts(boost_by, [(f.field_name, f.data_type) for f in config.custom_metadata], where=where)
+        except BoostError as exc:
+            if where != "retrieval_options.boost_by":
+                raise APIError(400, str(exc)) from None
+            # stored under older, looser rules: search without boosting rather than fail every query
+            logger.warning("instance %s: boosting skipped: %s", config.id, exc)
     return Plan(
         config=config,
         query=body.effective_query,
         max_n=max_n,
         threshold=threshold,
         filters=filters,
-        retrieval=RetrievalOptions(retrieval_type=rtype, fusion_method=fusion, keyword_match_mode=mode),
+        retrieval=RetrievalOptions(retrieval_type=rtype, fusion_method=fusion, keyword_match_mode=mode, boost_by=boosts),
         rerank=rerank,
         rerank_model=rerank_model,
         rerank_threshold=rerank_threshold,
