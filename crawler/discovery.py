@@ -3,7 +3,8 @@
 Used by the ``site`` spider for ``parse_type: "discover"`` (and the fallback when a
 site has no sitemap).  Bytes in, URLs out; no network.  Scope rules:
 
-* same host as the instance (scheme http/https, any port the instance uses);
+* same host and port as the instance (scheme http/https; ``http://h`` and ``https://h``
+  on their default ports are one site, ``http://h:8080`` is another);
 * subdomains of that host only with ``include_subdomains``;
 * other hosts are returned separately as *external* so the caller can log or
   follow them (``include_external_links``).
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 from lxml import etree, html
+
+from indexer.extract import decode_html
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +47,22 @@ class Scope:
     Args:
         host: the instance's hostname (lowercase, no port).
         include_subdomains: also accept ``*.host``.
+        port: the site's port, None for the scheme's default (see :func:`site_port`).
     """
 
     host: str
     include_subdomains: bool = False
+    port: int | None = None
 
     def contains(self, url: str) -> bool:
         """True if ``url`` is an http(s) URL on the site's host (or a subdomain when allowed)."""
         try:
             parts = urlsplit(url)
             hostname = (parts.hostname or "").lower()
+            port = _port_of(parts)
         except ValueError:
             return False
-        if parts.scheme not in ("http", "https") or not hostname:
+        if parts.scheme not in ("http", "https") or not hostname or port != self.port:
             return False
         if same_site_host(hostname, self.host):
             return True
@@ -71,6 +77,27 @@ def same_site_host(hostname: str, site_host: str) -> bool:
     """
     hostname, site_host = hostname.lower(), site_host.lower()
     return hostname == site_host or hostname.removeprefix("www.") == site_host.removeprefix("www.")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def site_port(url: str) -> int | None:
+    """The port of ``url``, or None when it is its scheme's default (80 for http, 443 for https).
+
+    Two URLs of one host are on the same site when their ``site_port`` is equal:
+    ``http://h/`` and ``https://h:443/`` (an http → https redirect) are, ``http://h:8080/``
+    is another site.
+
+    Raises:
+        ValueError: for a malformed or out-of-range port.
+    """
+    return _port_of(urlsplit(url))
+
+
+def _port_of(parts: SplitResult) -> int | None:
+    port = parts.port
+    return None if port is None or port == _DEFAULT_PORTS.get(parts.scheme) else port
 
 
 def normalize_link(href: str, base_url: str) -> str | None:
@@ -101,13 +128,15 @@ def normalize_link(href: str, base_url: str) -> str | None:
     return url
 
 
-def extract_links(body: bytes | str, page_url: str, scope: Scope) -> PageLinks:
+def extract_links(body: bytes | str, page_url: str, scope: Scope, content_type: str | None = None) -> PageLinks:
     """Extract the in-scope links, external links and canonical URL of an HTML page.
 
     Args:
         body: the HTML document.
         page_url: the URL the page was fetched from (after redirects).
         scope: the site's host rules.
+        content_type: the HTTP ``Content-Type``; its charset decodes non-ASCII links (see
+            :func:`indexer.extract.decode_html`).
 
     Returns:
         A :class:`PageLinks`; empty when the document cannot be parsed.
@@ -117,7 +146,7 @@ def extract_links(body: bytes | str, page_url: str, scope: Scope) -> PageLinks:
         return result
     try:
         parser = html.HTMLParser(recover=True, no_network=True, remove_comments=True)
-        root = html.fromstring(body, parser=parser)
+        root = html.fromstring(decode_html(body, content_type), parser=parser)
     except (etree.ParserError, ValueError, TypeError) as exc:
         logger.debug("unparseable HTML at %s: %s", page_url, exc)
         return result

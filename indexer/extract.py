@@ -1,6 +1,9 @@
 """Main-content extraction: HTML → Markdown with title and absolute links (trafilatura).
 
-Bad input is logged and yields an empty document, never an exception.
+Bytes are decoded the way browsers do (WHATWG encoding sniffing: BOM, the HTTP
+``Content-Type`` charset, a ``<meta>`` declaration, then UTF-8 if the bytes are valid
+UTF-8, else windows-1252) before lxml sees them.  Bad input is logged and yields an
+empty document, never an exception.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ import lxml.etree
 import lxml.html
 import trafilatura
 from trafilatura.metadata import extract_title
+from w3lib.encoding import (
+    html_to_unicode,
+    http_content_type_encoding,
+    read_bom,
+    to_unicode,
+)
 
 logger = logging.getLogger(__name__)
 
 _WS = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n{3,}")
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")  # lxml refuses str input that declares an encoding
 
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -46,13 +56,63 @@ class Extracted:
         return hashlib.sha256(f"{self.title}\n{self.markdown}".encode()).hexdigest()
 
 
-def extract_html(html: bytes | str, url: str, *, fast: bool = False) -> Extracted:
+def decode_html(body: bytes | str, content_type: str | None = None) -> str:
+    """Decode an HTML page's bytes the way a browser does (WHATWG encoding sniffing).
+
+    Uses w3lib's ``html_to_unicode`` (a Scrapy dependency): a BOM wins, then the
+    ``charset`` of the HTTP ``Content-Type``, then a ``<meta charset>`` /
+    ``<meta http-equiv>`` (or XML) declaration near the start, then UTF-8 if the whole
+    body is valid UTF-8, else windows-1252.  Labels map as browsers map them
+    (``iso-8859-1`` and ``ascii`` mean windows-1252); undecodable bytes become U+FFFD.
+
+    Args:
+        body: the page's bytes, or text (only its XML declaration is removed).
+        content_type: the HTTP ``Content-Type`` header value, if known.
+
+    Returns:
+        The page as text, without a BOM or an XML declaration (lxml refuses text that declares
+        an encoding).
+    """
+    if not isinstance(body, str):
+        _encoding, body = html_to_unicode(content_type, body, auto_detect_fun=_utf8_or_windows1252)
+    return _XML_DECLARATION.sub("", body, count=1)
+
+
+def decode_text(body: bytes, content_type: str | None = None) -> str:
+    """Decode a ``text/plain`` or ``text/markdown`` body: BOM, header charset, UTF-8, else windows-1252.
+
+    Args:
+        body: the document's bytes.
+        content_type: the HTTP ``Content-Type`` header value, if known.
+
+    Returns:
+        The document as text, without a BOM.
+    """
+    bom_encoding, bom = read_bom(body)
+    if bom_encoding and bom:
+        return to_unicode(body[len(bom):], bom_encoding)
+    encoding = http_content_type_encoding(content_type) or _utf8_or_windows1252(body)
+    return to_unicode(body, encoding)
+
+
+def _utf8_or_windows1252(body: bytes) -> str:
+    """The fallback when nothing declares an encoding: UTF-8 if the bytes are valid UTF-8."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
+
+
+def extract_html(html: bytes | str, url: str, *, fast: bool = False, content_type: str | None = None) -> Extracted:
     """Extract the main content of an HTML page as Markdown.
 
     Args:
-        html: the page's bytes (any encoding lxml can detect) or text.
+        html: the page's bytes or text.
         url: the page URL; relative links are resolved against it.
         fast: skip trafilatura's fallback extractors (for very large pages).
+        content_type: the HTTP ``Content-Type`` header value; its ``charset`` decodes the bytes
+            (see :func:`decode_html`).
 
     Returns:
         The title, the Markdown body and the ``<link rel=canonical>`` href (absolute), if any.
@@ -60,8 +120,11 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False) -> Extracte
     if _looks_binary(html):
         logger.warning("not an HTML document (binary content) at %s", url)
         return Extracted(title="", markdown="")
+    text = decode_html(html, content_type)
+    if not text.strip():
+        return Extracted(title="", markdown="")
     try:
-        tree = lxml.html.fromstring(html)
+        tree = lxml.html.fromstring(text)
     except (lxml.etree.ParserError, ValueError) as exc:
         logger.warning("cannot parse HTML of %s: %s", url, exc)
         return Extracted(title="", markdown="")

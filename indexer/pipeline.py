@@ -22,10 +22,12 @@ from urllib.parse import urlsplit
 from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_sections
 from indexer.config import Settings
 from indexer.convert import UnsupportedFileType, convert
+from indexer.custom_metadata import INTERNAL_KEYS, fingerprint_part, page_values, schema_of
 from indexer.embedder import Embedder
 from indexer.extract import (
     HTML_TYPES,
     Extracted,
+    decode_text,
     embedding_input,
     extract_html,
     extract_text_document,
@@ -147,10 +149,14 @@ class Indexer:
         # the model's max input counts [CLS] and [SEP]; count_tokens does not
         chunk_size = min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2)
         overlap = int(config.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP))
+        schema = schema_of(config.get("custom_metadata"))  # empty: no custom metadata work at all
+        custom = page_values(page.body, page.content_type, page.headers, schema, upload=item.get("origin") == "upload")
         # The stored hash covers the text and how it was chunked and embedded, so changing
-        # chunk_size, chunk_overlap or the model re-indexes a page even if its text is the same.
+        # chunk_size, chunk_overlap or the model re-indexes a page even if its text is the same;
+        # with a custom_metadata schema also the schema and the page's values.
+        custom_part = f"|{fingerprint_part(schema, custom)}" if schema else ""
         fingerprint = hashlib.sha256(
-            f"{doc.content_hash}|{chunk_size}|{overlap}|{self.embedder.name}|{EMBEDDING_TEXT_VERSION}".encode()
+            f"{doc.content_hash}|{chunk_size}|{overlap}|{self.embedder.name}|{EMBEDDING_TEXT_VERSION}{custom_part}".encode()
         ).hexdigest()
         if fingerprint == item.get("content_hash") and item.get("status") in ("fetched", "indexed"):
             if item.get("chunks", 0) > 0 or not doc.markdown:
@@ -177,6 +183,7 @@ class Indexer:
         }
         if item.get("context"):
             meta["context"] = item["context"]
+        meta.update({k: v for k, v in custom.items() if k not in INTERNAL_KEYS})  # a declared title wins
         metadatas = [{**meta, "chunk": i} for i in range(len(chunks))]
         tokenizer = (config.get("indexing_options") or {}).get("keyword_tokenizer")
         self.vectors.replace_item(instance_id, item["id"], chunks, vectors, metadatas, keyword_tokenizer=tokenizer)
@@ -190,9 +197,9 @@ class Indexer:
     def _extract(self, body: bytes, content_type: str, url: str) -> Extracted | None:
         ctype = mime_type(content_type)
         if not ctype or ctype in HTML_TYPES:
-            return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES)
+            return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES, content_type=content_type)
         if ctype in TEXT_TYPES:
-            return extract_text_document(body.decode("utf-8", errors="replace"))
+            return extract_text_document(decode_text(body, content_type))
         # PDFs, Office and other documents a site links from its sitemap: the upload converters.
         # A corrupt file raises ConversionError, which index_item records as an error.
         try:

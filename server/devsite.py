@@ -57,6 +57,7 @@ class DevSite:
         protected: path prefix → (header name, required value).
         gone: paths that answer 410.
         delay: seconds to sleep before each response.
+        content_types: path → ``Content-Type`` value sent as is (e.g. ``text/html`` with no charset).
     """
 
     def __init__(
@@ -68,11 +69,13 @@ class DevSite:
         protected: dict[str, tuple[str, str]] | None = None,
         gone: set[str] | None = None,
         delay: float = 0.0,
+        content_types: dict[str, str] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.protected = protected or {}
         self.gone = set(gone or ())
         self.delay = delay
+        self.content_types = dict(content_types or {})
         self.requests: list[LoggedRequest] = []
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most ever answered at once (politeness checks)
@@ -175,6 +178,7 @@ class DevSite:
                 )
                 if ctype.startswith("text/") or ctype in ("application/xml",):
                     ctype += "; charset=utf-8"
+                ctype = site.content_types.get(path, ctype)
                 return 200, body, {"Content-Type": ctype, "ETag": etag, "Last-Modified": mtime}
 
         return Handler

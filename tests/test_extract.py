@@ -119,3 +119,55 @@ def test_embedding_text_keeps_link_text_and_drops_urls() -> None:
     assert embedding_text(md) == "See `re.findall` and logo."
     assert embedding_text("a [b](http://x/(y)) c") == "a b c"
     assert embedding_text("no links [here] (at all)") == "no links [here] (at all)"
+
+
+# --- encodings (WHATWG sniffing order: BOM, header charset, <meta>, UTF-8, windows-1252) ---------------
+GERMAN_TITLE = "Übersicht über Größe und Maße"
+GERMAN_TEXT = "Die Größe der Laterne beträgt dreißig Zentimeter; sie leuchtet über dem Fluss für 2 € die Stunde."
+
+
+def german_page(head: str = "") -> str:
+    return f"<html><head>{head}<title>{GERMAN_TITLE}</title></head><body><article><p>{GERMAN_TEXT}</p></article></body></html>"
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["full", "fast"])
+@pytest.mark.parametrize(
+    ("encoding", "content_type"),
+    [
+        ("utf-8", "text/html; charset=utf-8"),  # header charset only, no <meta>
+        ("utf-8", 'text/html; charset="UTF-8"'),
+        ("utf-8", "text/html"),  # no charset anywhere: valid UTF-8 is UTF-8
+        ("utf-8", None),
+        ("cp1252", "text/html; charset=windows-1252"),
+        ("cp1252", "text/html; charset=iso-8859-1"),  # browsers read latin-1 labels as windows-1252 (€, –)
+        ("cp1252", "text/html"),  # no charset, not valid UTF-8: windows-1252
+    ],
+)
+def test_charset_from_header_or_sniffed(encoding: str, content_type: str | None, fast: bool) -> None:
+    doc = extract_html(german_page().encode(encoding), URL, content_type=content_type, fast=fast)
+    assert doc.title == GERMAN_TITLE
+    assert GERMAN_TEXT in doc.markdown
+
+
+def test_header_charset_beats_meta_and_bom_beats_header() -> None:
+    wrong_meta = german_page('<meta charset="iso-8859-1">').encode("utf-8")
+    assert extract_html(wrong_meta, URL, content_type="text/html; charset=utf-8").title == GERMAN_TITLE
+    meta = german_page('<meta http-equiv="Content-Type" content="text/html; charset=windows-1252">').encode("cp1252")
+    assert extract_html(meta, URL, content_type="text/html").title == GERMAN_TITLE
+    bom = b"\xef\xbb\xbf" + german_page().encode("utf-8")
+    assert extract_html(bom, URL, content_type="text/html; charset=iso-8859-1").title == GERMAN_TITLE
+
+
+def test_xhtml_with_xml_declaration() -> None:
+    page = '<?xml version="1.0" encoding="windows-1252"?>\n' + german_page()
+    doc = extract_html(page.encode("cp1252"), URL, content_type="application/xhtml+xml")
+    assert doc.title == GERMAN_TITLE and GERMAN_TEXT in doc.markdown
+
+
+def test_plain_text_charset() -> None:
+    from indexer.extract import decode_text
+
+    assert decode_text(GERMAN_TEXT.encode("cp1252"), "text/plain; charset=iso-8859-1") == GERMAN_TEXT
+    assert decode_text(GERMAN_TEXT.encode("utf-8"), "text/plain") == GERMAN_TEXT
+    assert decode_text(GERMAN_TEXT.encode("cp1252"), "text/markdown") == GERMAN_TEXT  # not UTF-8: windows-1252
+    assert decode_text(GERMAN_TEXT.encode("utf-16"), "text/plain; charset=utf-8") == GERMAN_TEXT  # BOM first

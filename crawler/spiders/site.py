@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import scrapy
 from scrapy import signals
@@ -40,7 +40,7 @@ from scrapy.http import Request, Response
 from scrapy.utils.defer import deferred_from_coro
 from twisted.python.failure import Failure
 
-from crawler.discovery import Scope, extract_links, same_site_host
+from crawler.discovery import Scope, extract_links, site_port
 from crawler.rendering import RENDER_META, ContextRecycler, apply_rendering_settings
 from crawler.freshness import decide
 from crawler.robots import RobotsTxt, robots_policy_for_status
@@ -307,7 +307,8 @@ class SiteSpider(scrapy.Spider):
 
     # --- discovery ------------------------------------------------------------------------
     def _on_host(self, url: str) -> bool:
-        return same_site_host(urlsplit(url).hostname or "", self.instance.host)
+        """The instance's host (``www.`` or not) on the instance's port (default ports: http and https)."""
+        return Scope(self.instance.host, port=site_port(self.base_url)).contains(url)
 
     def _discover(
         self,
@@ -529,7 +530,9 @@ class SiteSpider(scrapy.Spider):
         self.link_mode: str | None = self.discover_options.source if web.parse_type in ("discover", "crawl") else None
         if self.link_mode == "sitemaps":
             self.link_mode = None
-        self.scope = Scope(self.instance.host, include_subdomains=self.discover_options.include_subdomains)
+        self.scope = Scope(
+            self.instance.host, include_subdomains=self.discover_options.include_subdomains, port=site_port(self.base_url)
+        )
         self.follow_links = False
         self.links_seen: set[str] = set()
         self.links_recorded = 0
@@ -569,13 +572,14 @@ class SiteSpider(scrapy.Spider):
         if not self.follow_links or depth >= self.discover_options.depth:
             return
         body: bytes = response.body if response.status != 304 else b""
-        ctype = mime_type(_header(response, "Content-Type"))
+        content_type = _header(response, "Content-Type")
         if response.status == 304:  # unchanged since last sync: its links come from the stored copy
             page = self.raw.get(self.instance_id, item_id)
-            body, ctype = (page.body, mime_type(page.content_type)) if page else (b"", "")
+            body, content_type = (page.body, page.content_type) if page else (b"", "")
+        ctype = mime_type(content_type)
         if not body or (ctype and ctype not in HTML_TYPES):
             return
-        found = extract_links(body, response.url, self.scope)
+        found = extract_links(body, response.url, self.scope, content_type)
         limit = min(self.discover_options.limit, self.settings_obj.max_pages_per_instance)
         for url in found.links:
             claim = self._claim_link(url, limit)
@@ -648,9 +652,9 @@ class SiteSpider(scrapy.Spider):
             self.log_job(f"Skipped: redirected off {self.instance.host} to {key}", url=requested)
             self.state.incr_job(self.job_id, skipped=1)
             return None
-        ctype = mime_type(_header(response, "Content-Type"))
-        if not ctype or ctype in HTML_TYPES:
-            canonical = extract_links(response.body, response.url, self.scope).canonical
+        content_type = _header(response, "Content-Type")
+        if mime_type(content_type) in ("", *HTML_TYPES):
+            canonical = extract_links(response.body, response.url, self.scope, content_type).canonical
             if canonical:
                 key = canonical
         if key == requested:

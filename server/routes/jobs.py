@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Query
 
+from crawler.discovery import site_port
 from server.auth import EditDep, JobReadDep
 from server.deps import AccountDep, RunnerDep, StateDep, load_instance
 from server.errors import APIError, envelope
@@ -79,8 +80,12 @@ def sync_item(
     _row, config = load_instance(state, instance_id)
     if config.type != "web-crawler":
         raise APIError(400, f"instance {instance_id!r} has no website to crawl (type {config.type!r})")
-    if (urlsplit(url).hostname or "").lower() != config.host:
-        raise APIError(400, f"url: {url!r} is not on {config.host}")
+    try:  # same host and port as the instance (http and https on their default ports are one site)
+        on_site = (urlsplit(url).hostname or "").lower() == config.host and site_port(url) == site_port(config.base_url)
+    except ValueError:
+        on_site = False
+    if not on_site:
+        raise APIError(400, f"url: {url!r} is not on {config.base_url}")
     return envelope(job_public(start_sync(state, runner, instance_id, target=url)))
 
 
