@@ -11,11 +11,23 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from indexer.boost import resolve_boosts
+from indexer.chunker import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_OVERLAP,
+    MIN_CHUNK_SIZE,
+)
 from indexer.pathfilter import validate_patterns
-from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, MAX_CHUNK_OVERLAP, MIN_CHUNK_SIZE
 
 INSTANCE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 7230 token
@@ -320,5 +332,9 @@ def normalize_source(source: str) -> str:
         raise ValueError(f"source: {source!r} is not a domain or an http(s) URL")
     if any(c in value for c in " \t\r\n\0"):
         raise ValueError(f"source: {source!r} contains whitespace")
+    if parts.username is not None or parts.password is not None:
+        # it would be stored and shown as the instance's source; credentials go in include_headers
+        raise ValueError("source: a user name or password in the URL is not accepted; send credentials with "
+                         "source_params.web_crawler.parse_options.include_headers (e.g. Authorization), whose values are kept secret")
     path = parts.path or "/"
     return f"{parts.scheme}://{parts.netloc.lower()}{path}"

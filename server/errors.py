@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -91,6 +92,9 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
+_NAMED = re.compile(r"[A-Za-z_][\w.\[\]]*: ")  # a whole-body validator's message that names its field
+
+
 def validation_message(errors: list[dict[str, Any]]) -> str:
     """Turn pydantic errors into one readable message naming each field."""
     msgs = []
@@ -112,7 +116,8 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
             continue
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         # a validator that names the field itself (``field[3]: ...``, ``field.sub: ...``) is not prefixed twice
-        msgs.append(msg if msg.startswith((f"{field}:", f"{field}[", f"{field}.")) else f"{field}: {msg}")
+        named = msg.startswith((f"{field}:", f"{field}[", f"{field}.")) or (field == "body" and _NAMED.match(msg))
+        msgs.append(msg if named else f"{field}: {msg}")
     return "; ".join(msgs)
 
 

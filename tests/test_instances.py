@@ -213,3 +213,10 @@ def test_r2_instance_has_no_crawler(client: TestClient) -> None:
     r = client.post(f"{ACCOUNT}/instances/bucket/jobs", headers=AUTH)
     assert r.status_code == 400 and "no website" in r.json()["errors"][0]["message"]
     client.delete(f"{ACCOUNT}/instances/bucket", headers=AUTH)
+
+
+def test_credentials_in_the_source_url_are_refused(client: TestClient) -> None:
+    for source in ("https://user:pass@example.com/", "http://token@example.com", "https://:secret@example.com"):
+        msg = error(create(client, {"id": "creds", "type": "web-crawler", "source": source}))
+        assert msg.startswith("source:") and "include_headers" in msg and "pass" not in msg.replace("password", ""), msg
+    assert client.get(f"{ACCOUNT}/instances/creds", headers=AUTH).status_code == 404
