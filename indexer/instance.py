@@ -292,11 +292,11 @@ class InstanceConfig(_Model):
         return self
 
     @model_validator(mode="after")
-    def _source(self) -> InstanceConfig:
+    def _source(self, info: ValidationInfo) -> InstanceConfig:
         if self.type == "web-crawler":
             if not self.source:
                 raise ValueError("source: a web-crawler instance needs a domain or base URL")
-            self.source = normalize_source(self.source)
+            self.source = normalize_source(self.source, client_input=bool((info.context or {}).get(CLIENT_INPUT)))
         return self
 
     # --- derived -----------------------------------------------------------------
@@ -318,8 +318,12 @@ class InstanceConfig(_Model):
         return self.source_params.web_crawler.parse_options
 
 
-def normalize_source(source: str) -> str:
+def normalize_source(source: str, *, client_input: bool = True) -> str:
     """Turn ``example.com`` or ``http://127.0.0.1:8000/docs`` into an absolute http(s) URL.
+
+    Args:
+        client_input: the value comes from a request (a URL with credentials is refused);
+            False for a stored config, which loads as it was accepted.
 
     Raises:
         ValueError: when the value is not a domain or http(s) URL.
@@ -332,7 +336,7 @@ def normalize_source(source: str) -> str:
         raise ValueError(f"source: {source!r} is not a domain or an http(s) URL")
     if any(c in value for c in " \t\r\n\0"):
         raise ValueError(f"source: {source!r} contains whitespace")
-    if parts.username is not None or parts.password is not None:
+    if client_input and (parts.username is not None or parts.password is not None):  # stored ones still load
         # it would be stored and shown as the instance's source; credentials go in include_headers
         raise ValueError("source: a user name or password in the URL is not accepted; send credentials with "
                          "source_params.web_crawler.parse_options.include_headers (e.g. Authorization), whose values are kept secret")

@@ -220,3 +220,11 @@ def test_credentials_in_the_source_url_are_refused(client: TestClient) -> None:
         msg = error(create(client, {"id": "creds", "type": "web-crawler", "source": source}))
         assert msg.startswith("source:") and "include_headers" in msg and "pass" not in msg.replace("password", ""), msg
     assert client.get(f"{ACCOUNT}/instances/creds", headers=AUTH).status_code == 404
+    # one stored before the rule (written behind the API's back) still loads
+    assert create(client, {"id": "creds", "type": "web-crawler", "source": "example.com"}).status_code == 200
+    state = client.app.state.service.state
+    row = state.get_instance("creds")
+    state.update_instance_config("creds", {**row["config"], "source": "https://user:pass@example.com/"})
+    client.app.state.instance_cache.forget("creds")
+    assert client.get(f"{ACCOUNT}/instances/creds", headers=AUTH).status_code == 200
+    client.delete(f"{ACCOUNT}/instances/creds", headers=AUTH)
