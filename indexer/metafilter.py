@@ -3,8 +3,13 @@
 Filter shape (seeds, "Metadata"): a comparison ``{"type": eq|ne|gt|gte|lt|lte,
 "key", "value"}`` or one compound ``{"type": and|or, "filters": [comparisons]}``
 (no nesting; ``or`` only with ``eq`` on a single key).  Keys: ``folder``,
-``filename``, ``timestamp`` (ms, compared rounded down to seconds), and
-``context``.
+``filename``, ``timestamp`` (ms, compared rounded down to seconds), ``context``,
+and the instance's ``custom_metadata`` fields (names case-insensitive), whose
+values are compared as their type: ``number`` as floats, ``datetime`` as epoch
+milliseconds rounded down to seconds (a number of ms or an ISO 8601 string),
+``boolean`` (``eq``/``ne`` only; ``true``/``false`` or the strings the indexer
+accepts) and ``text`` (``eq``/``ne``; Chroma cannot compare strings and, unlike
+folders, a custom field's distinct values are not kept, so a text range is a 400).
 
 Chroma compares numbers but not strings, so a string range (the documented
 folder "starts with" idiom ``gt "customer-a//"`` + ``lte "customer-a/z"``) is
@@ -14,6 +19,7 @@ state database, and sent to Chroma as an exact ``$in`` list.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -34,6 +40,8 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 DistinctValues = Callable[[str], Iterable[str]]
+#: A custom field name as the schema spells it → its data type (``text|number|boolean|datetime``).
+CustomFields = Mapping[str, str]
 
 
 class FilterError(ValueError):
@@ -55,6 +63,7 @@ def compile_filters(
     *,
     folder_prefix: str | None = None,
     field: str = "filters",
+    custom: CustomFields | None = None,
 ) -> dict[str, Any] | None:
     """Translate a Cloudflare filter (plus an optional tenant folder prefix) into a Chroma ``where``.
 
@@ -63,6 +72,7 @@ def compile_filters(
         distinct: returns the distinct stored values of a string key (for string ranges).
         folder_prefix: restrict to folders starting with this prefix (token multitenancy).
         field: the request field name, for error messages.
+        custom: the instance's custom metadata fields (name → data type), filterable by name.
 
     Returns:
         A Chroma ``where`` dict, or None for "no restriction".
@@ -74,7 +84,8 @@ def compile_filters(
     if filters:
         if not isinstance(filters, Mapping):
             raise FilterError(f"{field}: must be an object")
-        clauses.append(_compile_top(filters, distinct, field))
+        fields = {name.lower(): (name, dtype) for name, dtype in (custom or {}).items()}
+        clauses.append(_compile_top(filters, distinct, field, fields))
     if folder_prefix:
         folders = [f for f in distinct("folder") if f.startswith(folder_prefix)]
         clauses.append({"folder": {"$in": folders or [_NEVER]}})
@@ -83,7 +94,10 @@ def compile_filters(
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> dict[str, Any]:
+_Fields = Mapping[str, tuple[str, str]]  # lowercased name → (name as the schema spells it, data type)
+
+
+def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str, fields: _Fields) -> dict[str, Any]:
     ftype = f.get("type")
     if ftype in COMPOUNDS:
         subs = f.get("filters")
@@ -105,27 +119,38 @@ def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> 
                 raise FilterError(f"{sub_field}.type: 'or' filters only allow 'eq' comparisons")
             if starts_with is not None and i in starts_with[1]:
                 continue
-            compiled.append(_compile_comparison(sub, distinct, sub_field))
+            compiled.append(_compile_comparison(sub, distinct, sub_field, fields))
         if ftype == "or":
-            keys = {sub.get("key") for sub in subs}
+            keys = {_folded(sub.get("key"), fields) for sub in subs}
             if len(keys) != 1:
                 raise FilterError(f"{field}.filters: all 'or' conditions must use the same key")
         if len(compiled) == 1:
             return compiled[0]
         return {"$and" if ftype == "and" else "$or": compiled}
-    return _compile_comparison(f, distinct, field)
+    return _compile_comparison(f, distinct, field, fields)
 
 
-def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: str) -> dict[str, Any]:
+def _folded(key: Any, fields: _Fields) -> Any:
+    """A custom field's name as the schema spells it (built-in keys and unknown keys unchanged)."""
+    if isinstance(key, str) and key not in KEYS and key.lower() in fields:
+        return fields[key.lower()][0]
+    return key
+
+
+def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: str, fields: _Fields) -> dict[str, Any]:
     op = f.get("type")
     key = f.get("key")
     if op not in COMPARISONS:
         raise FilterError(f"{field}.type: must be one of {', '.join(COMPARISONS + COMPOUNDS)}, got {op!r}")
-    if key not in KEYS:
-        raise FilterError(f"{field}.key: must be one of {', '.join(KEYS)}, got {key!r}")
+    custom = fields.get(key.lower()) if isinstance(key, str) and key not in KEYS else None
+    if key not in KEYS and custom is None:
+        known = ", ".join([*KEYS, *(name for name, _t in fields.values())])
+        raise FilterError(f"{field}.key: must be one of {known}, got {key!r}")
     if "value" not in f:
         raise FilterError(f"{field}.value: field required")
     value = f["value"]
+    if custom is not None:
+        return _compile_custom(custom[0], custom[1], op, value, field)
     if key in NUMERIC_KEYS:
         return {key: {f"${op}": round_timestamp(value, field=f"{field}.value")}}
     if not isinstance(value, str):
@@ -134,6 +159,40 @@ def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: s
         return {key: {f"${op}": value}}
     matches = sorted(v for v in distinct(key) if v is not None and _string_match(key, op, v, value))
     return {key: {"$in": matches or [_NEVER]}}
+
+
+def _compile_custom(name: str, data_type: str, op: str, value: Any, field: str) -> dict[str, Any]:
+    """A comparison on a custom field, its value cast the way the indexer stores that type."""
+    from indexer.custom_metadata import coerce  # lxml-based module; filters without custom fields never need it
+
+    if data_type in ("text", "boolean") and op not in ("eq", "ne"):
+        raise FilterError(
+            f"{field}.type: {data_type} field {name!r} supports eq and ne (or an 'or' of eq), not {op!r}"
+        )
+    typed: Any
+    if data_type == "text":
+        if not isinstance(value, str):
+            raise FilterError(f"{field}.value: must be a string for text field {name!r}")
+        typed = value
+    elif isinstance(value, bool):
+        typed = value if data_type == "boolean" else None
+    elif isinstance(value, int | float):
+        if data_type == "number":
+            typed = float(value)
+        elif data_type == "datetime":
+            typed = round_timestamp(value, field=f"{field}.value")
+        else:
+            typed = None
+    elif isinstance(value, str):
+        typed = coerce(value, data_type)
+        typed = float(typed) if data_type == "number" and typed is not None else typed
+    else:
+        typed = None
+    if typed is None or (isinstance(typed, float) and not math.isfinite(typed)):
+        expected = {"number": "a number", "boolean": "true or false",
+                    "datetime": "epoch milliseconds or an ISO 8601 date-time"}.get(data_type, "a value")
+        raise FilterError(f"{field}.value: {data_type} field {name!r} needs {expected}, got {value!r}")
+    return {name: {f"${op}": typed}}
 
 
 def _starts_with_idiom(subs: list[Any]) -> tuple[str, tuple[int, int]] | None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from indexer.boost import Boost, boost_scores
+from indexer.custom_metadata import BUILTIN_KEYS
 from indexer.metafilter import compile_filters
 from indexer.service import IndexService
 
@@ -54,6 +55,7 @@ class SearchHit:
     text: str
     score: float
     context: str | None = None
+    custom: dict[str, Any] = field(default_factory=dict)  # the instance's custom_metadata values
 
 
 @dataclass(slots=True)
@@ -94,6 +96,7 @@ def search(
     options: RetrievalOptions | None = None,
     reranker: Any | None = None,
     rerank_threshold: float | None = None,
+    custom_fields: Mapping[str, str] | None = None,
 ) -> list[SearchHit]:
     """Return up to ``max_num_results`` chunks scoring at least ``score_threshold``, best first.
 
@@ -110,6 +113,7 @@ def search(
         reranker: an object with ``rerank(query, candidates) -> list[Candidate]`` setting ``fused`` to a
             [0, 1] score, or None.
         rerank_threshold: minimum reranker score (defaults to ``score_threshold``).
+        custom_fields: the instance's ``custom_metadata`` (field name → data type), usable in ``filters``.
 
     Returns:
         Hits, best first.
@@ -127,6 +131,7 @@ def search(
         filters,
         lambda key: service.state.distinct_values(instance_id, key),
         folder_prefix=folder_prefix,
+        custom=custom_fields,
     )
     vector = service.embedder.embed_query(query)
     wide = reranker is not None or opts.retrieval_type == "hybrid" or bool(opts.boost_by)
@@ -271,5 +276,6 @@ def to_hit(cand: Candidate, score: float) -> SearchHit:
         text=cand.text,
         score=round(float(min(1.0, max(0.0, score))), 6),
         context=m.get("context"),
+        custom={k: v for k, v in m.items() if k not in BUILTIN_KEYS},
     )
 

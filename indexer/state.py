@@ -771,6 +771,17 @@ class StateStore:
                     .values(status="fetched", delete_reason=reason, pending_job=job_id, fetched_at=now)
                 )
 
+    def requeue_indexed(self, instance_id: str) -> int:
+        """Hand every indexed item of an instance back to the indexer (status ``fetched``) to be indexed again
+        from its stored page, e.g. after a change of chunking or custom metadata; returns how many."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                items.update()
+                .where(items.c.instance_id == instance_id, items.c.status == "indexed")
+                .values(status="fetched", pending_job=None)
+            )
+            return int(res.rowcount or 0)
+
     def shift_item_times(self, instance_id: str, seconds: float) -> None:
         """Move an instance's fetch/check times ``seconds`` into the past (tests and benchmarks:
         the state exactly as it will be that much later)."""

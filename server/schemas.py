@@ -108,7 +108,7 @@ class SearchRequest(_Body):
 
 def hit_public(hit: SearchHit) -> dict[str, Any]:
     """One ``data`` entry of a search response."""
-    file: dict[str, Any] = {"url": hit.filename, "title": hit.title}
+    file: dict[str, Any] = {**hit.custom, "url": hit.filename, "title": hit.title}
     if hit.context:
         file["context"] = hit.context
     return {

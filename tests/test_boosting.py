@@ -2,8 +2,8 @@
 
 Real model, real Chroma, real FTS5. Chunks are embedded by the service's embedder and stored
 the way the pipeline stores them (``VectorStore.replace_item``), with the metadata (timestamp,
-custom fields) each test needs: uploads stamp every file with the same second and no upload or
-crawl writes custom metadata values yet.
+custom fields) each test needs: uploads stamp every file with the same second, so the timestamps
+are written here (reading custom values from pages and uploads: tests/test_custom_metadata.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ The original bytes are stored in the raw store (``<item id>-source``) and the
 converted Markdown as the item's ``text/markdown`` raw page; the item is then
 marked ``fetched`` and the server's index worker embeds it like a crawled page.
 The request body is read as a stream and refused with 413 as soon as the file
-passes ``settings.max_page_bytes``.
+passes ``settings.max_page_bytes``.  ``x-amz-meta-<field>`` request headers (R2's object
+metadata) are kept with both stored copies; the indexer reads the instance's
+``custom_metadata`` fields from them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -26,6 +29,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from indexer.convert import ConversionError, UnsupportedFileType, convert, file_kind
+from indexer.custom_metadata import amz_meta_headers
 from indexer.instance import InstanceConfig
 from indexer.pathfilter import PathFilter
 from indexer.pipeline import TITLE_HEADER
@@ -262,8 +266,18 @@ def skip_reason(config: InstanceConfig, key: str) -> str | None:
     return PathFilter(rooted(params.include_items), rooted(params.exclude_items)).skip_reason("/" + key)
 
 
-def _store_converted(service: IndexService, item: dict[str, Any], data: bytes, content_type: str | None) -> dict[str, Any]:
-    """Convert stored/uploaded bytes and queue the item for indexing (or record why it is not indexed)."""
+def _store_converted(
+    service: IndexService,
+    item: dict[str, Any],
+    data: bytes,
+    content_type: str | None,
+    amz_meta: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Convert stored/uploaded bytes and queue the item for indexing (or record why it is not indexed).
+
+    ``amz_meta`` (the upload's ``x-amz-meta-*`` headers) is kept on the stored page, where the
+    indexer reads the instance's ``custom_metadata`` fields from it.
+    """
     now = time.time()
     instance_id, item_id, key = item["instance_id"], item["id"], item["key"]
     _row, config = load_instance(service.state, instance_id)
@@ -286,7 +300,7 @@ def _store_converted(service: IndexService, item: dict[str, Any], data: bytes, c
         body=doc.markdown.encode("utf-8"),
         fetched_at=now,
         content_type=MARKDOWN,
-        headers={TITLE_HEADER: doc.title, "x-sitesearch-converted-from": doc.mime},
+        headers={**(amz_meta or {}), TITLE_HEADER: doc.title, "x-sitesearch-converted-from": doc.mime},
     )
     service.raw.put(instance_id, item_id, page)
     service.state.update_item(
@@ -294,20 +308,23 @@ def _store_converted(service: IndexService, item: dict[str, Any], data: bytes, c
         status="fetched",
         error=None,
         title=doc.title,
-        content_hash=None,  # re-embed even if the text is unchanged: context may have changed
+        content_hash=None,  # re-embed even if the text is unchanged: context or metadata may have changed
         pending_job=None,
         fetched_at=now,
     )
     return service.state.get_item_by_id(item_id)  # type: ignore[return-value]
 
 
-def _save_upload(service: IndexService, instance_id: str, key: str, upload: Upload) -> dict[str, Any]:
+def _save_upload(
+    service: IndexService, instance_id: str, key: str, upload: Upload, amz_meta: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     item_id = item_id_for(instance_id, key)
     mime = upload.content_type or "application/octet-stream"
+    headers = {**(amz_meta or {}), "content-length": str(len(upload.data))}
     service.raw.put(
         instance_id,
         item_id + SOURCE_SUFFIX,
-        RawPage(url=key, status=200, body=upload.data, content_type=mime, headers={"content-length": str(len(upload.data))}),
+        RawPage(url=key, status=200, body=upload.data, content_type=mime, headers=headers),
     )
     item = service.state.ensure_item(instance_id, key, origin="upload")
     service.state.update_item(
@@ -318,7 +335,8 @@ def _save_upload(service: IndexService, instance_id: str, key: str, upload: Uplo
         context=upload.fields.get("context") or None,
         http_status=None,
     )
-    return _store_converted(service, service.state.get_item_by_id(item["id"]), upload.data, upload.content_type)  # type: ignore[arg-type]
+    item = service.state.get_item_by_id(item["id"])  # type: ignore[assignment]
+    return _store_converted(service, item, upload.data, upload.content_type, amz_meta)
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -332,7 +350,7 @@ async def upload_item(
     settings: SettingsDep,
     instance_id: str,
 ) -> dict[str, Any]:
-    """Upload one file (multipart ``file``; optional ``context`` and ``key`` fields)."""
+    """Upload one file (multipart ``file``; optional ``context`` and ``key`` fields; ``x-amz-meta-*`` headers)."""
     await run_in_threadpool(load_instance, state, instance_id)
     upload = await read_upload(request, settings.max_page_bytes)
     key = validate_key(upload.fields.get("key") or upload.filename, field_name="key" if "key" in upload.fields else "file")
@@ -342,7 +360,8 @@ async def upload_item(
         file_kind(key, upload.content_type)
     except UnsupportedFileType as exc:
         raise APIError(415, str(exc)) from None
-    item = await run_in_threadpool(_save_upload, service, instance_id, key, upload)
+    amz_meta = amz_meta_headers(request.headers)
+    item = await run_in_threadpool(_save_upload, service, instance_id, key, upload, amz_meta)
     return envelope(item_view(item))
 
 
@@ -397,7 +416,8 @@ def sync_item(
         source = service.raw.get(instance_id, item_id + SOURCE_SUFFIX)
         if source is None:
             raise APIError(409, f"item {item_id!r}: the uploaded file is no longer stored; upload it again")
-        return envelope(item_view(_store_converted(service, item, source.body, source.content_type)))
+        stored = _store_converted(service, item, source.body, source.content_type, amz_meta_headers(source.headers))
+        return envelope(item_view(stored))
     if service.raw.get(instance_id, item_id) is None:
         raise APIError(400, f"item {item_id!r} has no stored page to re-index; use a sync job (POST .../jobs) to re-fetch it")
     state.update_item(item_id, status="fetched", content_hash=None, pending_job=None, error=None)

@@ -210,6 +210,7 @@ def execute(service: Any, principal: Principal, instance_id: str, plan: Plan) ->
             options=plan.retrieval,
             reranker=reranker,
             rerank_threshold=plan.rerank_threshold,
+            custom_fields={f.field_name: f.data_type for f in plan.config.custom_metadata},
         )
     except (FilterError, KeywordQueryError) as exc:
         raise APIError(400, str(exc)) from None
