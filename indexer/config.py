@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     # JSON request bodies (search, instances, jobs, tokens, NLWeb) over this many bytes get 413; uploads have their own limit
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     rerank_model_dir: Path | None = Field(
-        default=None, description="A cross-encoder ONNX directory (model.onnx + tokenizer.json) for reranking"
+        default=None,
+        description="A cross-encoder for reranking: an ONNX directory (model.onnx + tokenizer.json) or a Hugging Face "
+        "BertForSequenceClassification snapshot (config.json + model.safetensors + tokenizer.json), converted once",
     )
     generation_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint for /ai-search answers, e.g. http://127.0.0.1:11434/v1"

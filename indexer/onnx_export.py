@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,9 @@ __all__ = [
     "ensure_default_model",
     "load_source",
     "packaged_model_source",
+    "build_cross_encoder",
     "reference_forward",
+    "reference_logits",
     "source_sha256",
 ]
 
@@ -79,6 +81,7 @@ LOCK_FILE = ".model.lock"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "sentence_embedding"
 TOKEN_OUTPUT_NAME = "last_hidden_state"
+LOGITS_NAME = "logits"
 
 _MASK_BIAS = -10000.0  # additive attention bias for padding positions (as in BERT)
 
@@ -323,16 +326,26 @@ def _mean_pool_normalise(g: _Graph, hidden: str, mask_f: str) -> str:
     return g.op("Div", mean, norm, output=OUTPUT_NAME)
 
 
+def _classifier_head(g: _Graph, hidden: str) -> str:
+    """``BertForSequenceClassification``'s head: tanh(pooler.dense([CLS])) → classifier → logits."""
+    cls = g.op("Squeeze", g.op("Gather", hidden, g.i64(0), axis=1), g.i64(1))  # (batch, hidden)
+    pooled = g.op("Tanh", _linear(g, cls, "pooler.dense"))
+    return g.op("Add", g.op("MatMul", pooled, g.weight("classifier.weight", transpose=True)),
+                g.weight("classifier.bias"), output=LOGITS_NAME)
+
+
 def build_bert_graph(
-    config: BertConfig, weights: dict[str, np.ndarray], *, pooled: bool = True
+    config: BertConfig, weights: dict[str, np.ndarray], *, pooled: bool = True, classifier: bool = False
 ) -> onnx.ModelProto:
-    """Assemble the BERT encoder (plus pooling) as an ONNX model.
+    """Assemble the BERT encoder (plus pooling or a classification head) as an ONNX model.
 
     Args:
         config: model hyper-parameters (see :func:`load_source`).
         weights: safetensors weights keyed by Hugging Face names.
         pooled: True → output ``sentence_embedding`` (batch, hidden), mean-pooled and
             L2-normalised; False → output ``last_hidden_state`` (batch, seq, hidden).
+        classifier: output ``logits`` (batch, labels) of a ``BertForSequenceClassification``
+            checkpoint (a cross-encoder) instead; ``pooled`` is then ignored.
 
     Returns:
         A checked ``onnx.ModelProto`` (opset 17).
@@ -343,7 +356,11 @@ def build_bert_graph(
     hidden = _embeddings(g, config)
     for index in range(config.num_layers):
         hidden = _encoder_layer(g, hidden, bias, config, index)
-    if pooled:
+    if classifier:
+        output = _classifier_head(g, hidden)
+        labels = int(weights["classifier.weight"].shape[0])
+        out_info = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", labels])
+    elif pooled:
         output = _mean_pool_normalise(g, hidden, mask_f)
         out_info = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", config.hidden_size])
     else:
@@ -395,6 +412,37 @@ def reference_forward(
     Returns:
         (batch, hidden) mean-pooled, L2-normalised sentence embeddings (float64).
     """
+    x = _np_encode(config, weights, input_ids, attention_mask, token_type_ids)
+    mask = attention_mask.astype(np.float64)
+    pooled = (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+
+def reference_logits(
+    config: BertConfig,
+    weights: dict[str, np.ndarray],
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    token_type_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """NumPy (float64) forward pass of a ``BertForSequenceClassification`` checkpoint.
+
+    Returns:
+        (batch, labels) logits.
+    """
+    x = _np_encode(config, weights, input_ids, attention_mask, token_type_ids)
+    pooled = np.tanh(_np_linear(x[:, 0], weights, "pooler.dense"))
+    return _np_linear(pooled, weights, "classifier")
+
+
+def _np_encode(
+    config: BertConfig,
+    weights: dict[str, np.ndarray],
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    token_type_ids: np.ndarray | None,
+) -> np.ndarray:
+    """The encoder's last hidden state, (batch, seq, hidden) float64."""
     w = weights
     types = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
     seq = input_ids.shape[1]
@@ -427,8 +475,7 @@ def reference_forward(
         x = _np_layer_norm(
             x + _np_linear(inner, w, f"{p}.output.dense"), w, f"{p}.output.LayerNorm", config.layer_norm_eps
         )
-    pooled = (x * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+    return x
 
 
 # --------------------------------------------------------------------------- build
@@ -651,24 +698,144 @@ def build_onnx_model(
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     max_tokens = _bounded_max_tokens(max_tokens, src_dir)
     source_sha = source_sha256(src_dir)
+    meta = _cached_build(
+        src_dir, out_dir, "embedding model",
+        current=lambda d: not force and _is_current(d, source_sha, quantize=quantize, max_tokens=max_tokens),
+        build=lambda tmp: _build_into(src_dir, tmp, quantize=quantize, max_tokens=max_tokens, source_sha=source_sha),
+    )
+    if meta is not None:
+        logger.info(
+            "built %s embedding model in %s (%.1f s, cosine vs fp32 %.4f)",
+            "int8" if meta["quantized"] else "fp32", out_dir, meta["build_seconds"], meta["cosine_vs_fp32"],
+        )
+    return out_dir
+
+
+def _cached_build(
+    src_dir: Path,
+    out_dir: Path,
+    what: str,
+    *,
+    current: Callable[[Path], bool],
+    build: Callable[[Path], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Build into a temp dir and rename it to ``out_dir``, under the models lock, unless ``current(out_dir)``.
+
+    Returns:
+        The new build's metadata, or None when the existing build was kept.
+
+    Raises:
+        ModelBuildError: the build failed.
+    """
     with _locked(out_dir.parent / LOCK_FILE):
-        if not force and _is_current(out_dir, source_sha, quantize=quantize, max_tokens=max_tokens):
-            logger.info("embedding model at %s is already built", out_dir)
-            return out_dir
+        if current(out_dir):
+            logger.info("%s at %s is already built", what, out_dir)
+            return None
         _remove_abandoned_builds(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
         try:
-            meta = _build_into(src_dir, tmp, quantize=quantize, max_tokens=max_tokens, source_sha=source_sha)
+            meta = build(tmp)
             _publish(tmp, out_dir)
         except (OSError, RuntimeError, ValueError, KeyError, onnx.checker.ValidationError) as exc:
-            raise ModelBuildError(f"building the ONNX embedding model from {src_dir} failed: {exc}") from exc
+            raise ModelBuildError(f"building the ONNX {what} from {src_dir} failed: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    logger.info(
-        "built %s embedding model in %s (%.1f s, cosine vs fp32 %.4f)",
-        "int8" if meta["quantized"] else "fp32", out_dir, meta["build_seconds"], meta["cosine_vs_fp32"],
-    )
+    return meta
+
+
+# --------------------------------------------------------------------------- cross-encoders
+
+CROSS_ENCODER_MAX_TOKENS = 512
+MAX_LOGIT_ERROR = 1e-3  # fp32 graph vs the float64 reference, on the check pairs
+_CHECK_PAIRS = tuple(zip(_CHECK_TEXTS[:8:2], _CHECK_TEXTS[1:8:2], strict=True)) + (
+    (_CHECK_TEXTS[0], _CHECK_TEXTS[-1]),
+)
+
+
+def is_checkpoint(src_dir: Path) -> bool:
+    """Whether ``src_dir`` looks like a Hugging Face snapshot (``config.json`` + ``model.safetensors``)."""
+    return (Path(src_dir) / "config.json").is_file() and (Path(src_dir) / "model.safetensors").is_file()
+
+
+def build_cross_encoder(
+    src_dir: Path, out_dir: Path, *, max_tokens: int = CROSS_ENCODER_MAX_TOKENS, force: bool = False
+) -> Path:
+    """Convert a Hugging Face ``BertForSequenceClassification`` cross-encoder to ONNX, once.
+
+    The graph is the BERT encoder followed by the checkpoint's pooler (tanh of a dense
+    layer over ``[CLS]``) and classifier, output ``logits`` (batch, labels), kept in fp32.
+    It is checked against :func:`reference_logits` on fixed (query, passage) pairs.  A build
+    of the same source (sha256) and settings is reused.
+
+    Args:
+        src_dir: snapshot with ``config.json``, ``model.safetensors`` and ``tokenizer.json``.
+        out_dir: destination (``model.onnx``, ``tokenizer.json``, ``sitesearch_model.json``).
+        max_tokens: truncation length of a (query, passage) pair, clamped to the model's positions.
+        force: rebuild even if an identical build exists.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ModelBuildError: not a supported checkpoint, or the graph disagrees with the reference.
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if not is_checkpoint(src_dir) or not (src_dir / TOKENIZER_FILE).is_file():
+        raise ModelBuildError(f"{src_dir}: a cross-encoder checkpoint needs config.json, model.safetensors and tokenizer.json")
+    max_tokens = _bounded_max_tokens(max_tokens, src_dir)
+    source_sha = source_sha256(src_dir)
+
+    def current(d: Path) -> bool:
+        meta = _read_metadata(d)
+        return (not force and meta is not None and (d / MODEL_FILE).is_file() and (d / TOKENIZER_FILE).is_file()
+                and meta.get("kind") == "cross-encoder" and meta.get("source_sha256") == source_sha
+                and meta.get("builder_version") == BUILDER_VERSION and meta.get("max_tokens") == max_tokens)
+
+    meta = _cached_build(src_dir, out_dir, "cross-encoder", current=current,
+                         build=lambda tmp: _build_cross_encoder_into(src_dir, tmp, max_tokens, source_sha))
+    if meta is not None:
+        logger.info("built cross-encoder in %s (%.1f s, max logit error vs reference %.2e)",
+                    out_dir, meta["build_seconds"], meta["max_logit_error"])
     return out_dir
+
+
+def _build_cross_encoder_into(src_dir: Path, tmp: Path, max_tokens: int, source_sha: str) -> dict[str, Any]:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    started = time.monotonic()
+    config, weights = load_source(src_dir)
+    missing = [k for k in ("pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias")
+               if k not in weights]
+    if missing:
+        raise ModelBuildError(f"{src_dir}: not a BertForSequenceClassification checkpoint (no {', '.join(missing)})")
+    onnx.save_model(build_bert_graph(config, weights, classifier=True), str(tmp / MODEL_FILE))
+    _write_tokenizer(src_dir, tmp / TOKENIZER_FILE, max_tokens)
+    tokenizer = Tokenizer.from_file(str(tmp / TOKENIZER_FILE))
+    encs = tokenizer.encode_batch(list(_CHECK_PAIRS))
+    feeds = {name: np.array([getattr(e, attr) for e in encs], np.int64)
+             for name, attr in zip(INPUT_NAMES, ("ids", "attention_mask", "type_ids"), strict=True)}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(tmp / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    got = session.run([LOGITS_NAME], feeds)[0]
+    want = reference_logits(config, weights, *feeds.values())
+    error = float(np.max(np.abs(got - want)))
+    if not error <= MAX_LOGIT_ERROR:
+        raise ModelBuildError(f"{src_dir}: the ONNX graph's logits differ from the reference by {error:.3g}")
+    metadata = {
+        "kind": "cross-encoder",
+        "source": str(src_dir),
+        "labels": int(weights["classifier.weight"].shape[0]),
+        "max_tokens": max_tokens,
+        "max_logit_error": error,
+        "source_sha256": source_sha,
+        "builder_version": BUILDER_VERSION,
+        "opset": OPSET,
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return metadata
 
 
 def default_model_dir(models_dir: Path, *, quantize: bool = True) -> Path:

@@ -8,10 +8,14 @@ Two rerankers, chosen by ``reranking.model``:
   candidate), the share of the query's word pairs found as exact phrases, and the
   share of query terms in the page title.  No weights are downloaded; it is what
   ``bench/retrieval.py`` measures.
-* a cross-encoder ONNX directory (``model.onnx`` + ``tokenizer.json``) configured
-  as ``SITESEARCH_RERANK_MODEL_DIR``
+* a cross-encoder configured as ``SITESEARCH_RERANK_MODEL_DIR``
   (:class:`OnnxCrossEncoder`): scores ``(query, chunk)`` pairs, sigmoid of the
-  first logit.  No package ships such weights, so none is bundled or benchmarked.
+  first logit.  The directory is either an ONNX export (``model.onnx`` +
+  ``tokenizer.json``) or a Hugging Face ``BertForSequenceClassification`` snapshot
+  (``config.json`` + ``model.safetensors`` + ``tokenizer.json``, e.g. the ms-marco
+  MiniLM cross-encoders), converted once into the models directory
+  (:func:`indexer.onnx_export.build_cross_encoder`, no torch).  No package ships such
+  weights, so none is bundled or benchmarked.
 
 Every reranker sets ``Candidate.fused`` to a score in [0, 1] and returns the
 candidates best first.
@@ -142,7 +146,7 @@ _ONNX_CACHE: dict[str, OnnxCrossEncoder] = {}
 
 
 def get_reranker(model: str | None, *, bm25: Callable[[str, list[str]], dict[str, float]],
-                 model_dir: Path | None = None) -> Any:
+                 model_dir: Path | None = None, cache_dir: Path | None = None) -> Any:
     """The reranker for ``reranking.model``.
 
     ``sitesearch/hybrid-features`` always selects the feature reranker.  Any other
@@ -153,7 +157,9 @@ def get_reranker(model: str | None, *, bm25: Callable[[str, list[str]], dict[str
     Args:
         model: the requested or instance model name, or None.
         bm25: BM25 scorer for the feature reranker.
-        model_dir: the cross-encoder ONNX directory from settings, or None.
+        model_dir: the cross-encoder directory from settings (ONNX export or checkpoint), or None.
+        cache_dir: where a checkpoint is converted to ONNX (the models directory); None: next to
+            nothing, so a checkpoint directory is refused.
 
     Raises:
         RerankError: the configured directory is not a usable model.
@@ -162,7 +168,24 @@ def get_reranker(model: str | None, *, bm25: Callable[[str, list[str]], dict[str
         return FeatureReranker(bm25)
     key = str(model_dir.resolve())
     if key not in _ONNX_CACHE:
-        if not model_dir.is_dir():
-            raise RerankError(f"reranking.model: {model_dir} is not a model directory")
-        _ONNX_CACHE[key] = OnnxCrossEncoder(model_dir)
+        _ONNX_CACHE[key] = OnnxCrossEncoder(onnx_directory(model_dir, cache_dir))
     return _ONNX_CACHE[key]
+
+
+def onnx_directory(model_dir: Path, cache_dir: Path | None) -> Path:
+    """The ONNX directory for a configured cross-encoder: itself, or its one-time conversion.
+
+    Raises:
+        RerankError: not a directory, or a checkpoint that cannot be converted.
+    """
+    from indexer.errors import ModelBuildError
+    from indexer.onnx_export import build_cross_encoder, is_checkpoint
+
+    if not model_dir.is_dir():
+        raise RerankError(f"reranking.model: {model_dir} is not a model directory")
+    if (model_dir / "model.onnx").is_file() or not is_checkpoint(model_dir) or cache_dir is None:
+        return model_dir  # OnnxCrossEncoder names what is missing
+    try:
+        return build_cross_encoder(model_dir, cache_dir / f"cross-encoder-{model_dir.resolve().name}")
+    except ModelBuildError as exc:
+        raise RerankError(f"reranking.model: {exc}") from None

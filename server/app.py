@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from indexer import __version__
 from indexer.config import Settings, get_settings
+from indexer.rerank import RerankError, onnx_directory
 from indexer.service import IndexService, describe
 from indexer.state import StateStore
 from server.asgi import SitesearchAPI
@@ -46,6 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         logger.info("loading the embedding model and opening the index (first start builds the model)")
         service = IndexService.open(settings, state=state)
+        if settings.rerank_model_dir is not None:  # a checkpoint is converted now, not on the first query
+            try:
+                onnx_directory(settings.rerank_model_dir, settings.models_dir)
+            except RerankError as exc:
+                logger.error("SITESEARCH_RERANK_MODEL_DIR: %s (reranked queries will answer 400)", exc)
         runner = JobRunner(settings, state)
         worker = IndexWorker(service, poll_interval=settings.index_poll_interval)
         app.state.settings = settings

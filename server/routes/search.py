@@ -195,6 +195,7 @@ def execute(service: Any, principal: Principal, instance_id: str, plan: Plan) ->
                 plan.rerank_model,
                 bm25=lambda q, ids: service.vectors.keywords.score_ids(instance_id, q, ids),
                 model_dir=service.settings.rerank_model_dir,
+                cache_dir=service.settings.models_dir,
             )
         except RerankError as exc:
             raise APIError(400, str(exc)) from None
