@@ -21,12 +21,13 @@ boosting"):
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from indexer.metafilter import iso_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +166,10 @@ def ordered_value(value: Any, data_type: str) -> float | None:
         try:
             f = float(text)
         except ValueError:
-            if data_type != "datetime":
+            seconds = iso_seconds(text) if data_type == "datetime" else None
+            if seconds is None:
                 return None
-            try:
-                parsed = dt.datetime.fromisoformat(text)
-            except ValueError:
-                return None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.UTC)
-            f = parsed.timestamp()
+            f = seconds
     else:
         return None
     return f if math.isfinite(f) else None

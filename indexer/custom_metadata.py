@@ -24,7 +24,6 @@ stored on every chunk under the field name as the schema spells it.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ import lxml.html
 from w3lib.encoding import html_to_unicode
 
 from indexer.extract import HTML_TYPES, mime_type
+from indexer.metafilter import iso_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,8 @@ def coerce(value: str | None, data_type: str) -> str | float | bool | int | None
 
 
 def _epoch_ms(text: str) -> int | None:
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    seconds = math.floor(parsed.timestamp())
-    return seconds * 1000
+    seconds = iso_seconds(text)
+    return None if seconds is None else math.floor(seconds) * 1000
 
 
 def meta_tags(html: bytes | str, content_type: str | None = None) -> dict[str, str]:

@@ -19,6 +19,7 @@ state database, and sent to Chroma as an exact ``$in`` list.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +47,17 @@ CustomFields = Mapping[str, str]
 
 class FilterError(ValueError):
     """A filter the API cannot accept; the message names the field."""
+
+
+def iso_seconds(text: str) -> float | None:
+    """An ISO 8601 date or date-time as epoch seconds (UTC when it has no offset), or None."""
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
 
 
 def round_timestamp(value: Any, *, field: str = "filters.value") -> int:
