@@ -103,6 +103,10 @@ class Hit(Protocol):
     score: float
     context: str | None  # the item's `context` metadata, passed to the model
 
+    @property
+    def full_text(self) -> str:
+        """The chunk with its neighbours (``context_expansion``); the chunk alone otherwise."""
+
 
 # --- extractive -----------------------------------------------------------------------------
 def extractive_sentences(query: str, hits: Sequence[Hit], *, max_sentences: int = 4) -> list[str]:
@@ -185,7 +189,7 @@ def context_message(query: str, hits: Sequence[Hit]) -> str:
     docs = []
     for i, h in enumerate(hits[:MAX_SOURCES]):
         context = f"Context: {h.context}\n" if h.context else ""
-        docs.append(f"[{i + 1}] File name: {h.filename}\nTitle: {h.title}\n{context}File content:\n{h.text}")
+        docs.append(f"[{i + 1}] File name: {h.filename}\nTitle: {h.title}\n{context}File content:\n{h.full_text}")
     return (
         "Matched documents:\n\n" + "\n\n".join(docs)
         + f"\n\nCite the documents you use as [n].\n\nUser's question: {query}"

@@ -13,9 +13,10 @@ import copy
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import lxml.cssselect
 import lxml.etree
 import lxml.html
 import trafilatura
@@ -49,6 +50,7 @@ class Extracted:
     title: str
     markdown: str
     canonical: str | None = None
+    selector_missed: bool = False  # a content_selector matched nothing, so the whole page was extracted
 
     @property
     def content_hash(self) -> str:
@@ -104,7 +106,15 @@ def _utf8_or_windows1252(body: bytes) -> str:
     return "utf-8"
 
 
-def extract_html(html: bytes | str, url: str, *, fast: bool = False, content_type: str | None = None) -> Extracted:
+def extract_html(
+    html: bytes | str,
+    url: str,
+    *,
+    fast: bool = False,
+    content_type: str | None = None,
+    selector: str | None = None,
+    include_images: bool = False,
+) -> Extracted:
     """Extract the main content of an HTML page as Markdown.
 
     Args:
@@ -113,6 +123,9 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False, content_typ
         fast: skip trafilatura's fallback extractors (for very large pages).
         content_type: the HTTP ``Content-Type`` header value; its ``charset`` decodes the bytes
             (see :func:`decode_html`).
+        selector: a CSS selector (``content_selector``): only the elements it matches are
+            extracted; a page where it matches nothing is extracted whole (``selector_missed``).
+        include_images: keep images as ``![alt](src)`` (their alt text is then indexed).
 
     Returns:
         The title, the Markdown body and the ``<link rel=canonical>`` href (absolute), if any.
@@ -135,6 +148,11 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False, content_typ
     canonical = _canonical(tree)
     title = _title(tree, url)
     _drop_permalinks(tree)
+    missed = False
+    if selector:
+        selected = select_fragment(tree, selector)
+        missed = selected is None
+        tree = tree if selected is None else selected
     try:
         text = trafilatura.extract(
             copy.deepcopy(tree),
@@ -143,7 +161,9 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False, content_typ
             include_links=True,
             include_formatting=True,
             include_tables=True,
+            include_images=include_images,
             include_comments=False,
+            favor_recall=bool(selector) and not missed,  # the site chose this fragment: keep what it holds
             fast=fast,
         )
     except Exception:  # trafilatura raises assorted errors on odd trees
@@ -151,7 +171,37 @@ def extract_html(html: bytes | str, url: str, *, fast: bool = False, content_typ
         text = None
     if not text:
         text = _plain_text(tree)
-    return Extracted(title=title, markdown=_tidy(text), canonical=canonical)
+    return Extracted(title=title, markdown=_tidy(text), canonical=canonical, selector_missed=missed)
+
+
+def select_fragment(tree: lxml.html.HtmlElement, selector: str) -> lxml.html.HtmlElement | None:
+    """A new document holding only the elements ``selector`` matches (outermost ones, in page order).
+
+    Returns:
+        The document, or None when nothing matches.
+    """
+    matches = lxml.cssselect.CSSSelector(selector, translator="html")(tree)
+    chosen = set(matches)
+    outermost = [el for el in matches if not any(a in chosen for a in el.iterancestors())]
+    if not outermost:
+        return None
+    doc = lxml.html.document_fromstring("<html><head></head><body></body></html>")
+    body = doc.find("body")
+    for el in outermost:
+        copied = copy.deepcopy(el)
+        copied.tail = None
+        body.append(copied)
+    return doc
+
+
+def selector_for(rules: Sequence[Mapping[str, str]], url: str) -> str | None:
+    """The CSS selector of the first ``content_selector`` rule whose ``path`` glob matches ``url``."""
+    from indexer.pathfilter import glob_match
+
+    for rule in rules:
+        if glob_match(rule["path"], url):
+            return rule["selector"]
+    return None
 
 
 _MD_LINK = re.compile(r"(!?)\[([^\]]*)\]\((?:[^()\s]|\([^()\s]*\))*(?:\s+\"[^\"]*\")?\)")

@@ -27,13 +27,14 @@ from indexer.chunker import (
     MAX_CHUNK_OVERLAP,
     MIN_CHUNK_SIZE,
 )
-from indexer.pathfilter import validate_patterns
+from indexer.pathfilter import MAX_PATTERN_LENGTH, validate_patterns
 
 INSTANCE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 7230 token
 MAX_HEADERS = 5
 MAX_SITEMAPS = 5
 MAX_PATTERNS = 10
+MAX_CONTENT_SELECTORS = 10  # content_selector rules (our bound; Cloudflare documents none)
 SYNC_INTERVALS = (3600, 7200, 14400, 21600, 43200, 86400)  # seconds, as in Cloudflare's API
 DEFAULT_SYNC_INTERVAL = 21600  # 6 hours
 DEFAULT_EMBEDDING_MODEL = "sitesearch/all-MiniLM-L6-v2-onnx"
@@ -57,16 +58,32 @@ class DiscoverOptions(_Model):
 
 
 class ContentSelector(_Model):
-    path: str
-    selector: str
+    """One ``content_selector`` rule: pages whose URL matches ``path`` (a path-filter glob) are
+    indexed from the elements ``selector`` (CSS) matches; the first matching rule wins."""
+
+    path: str = Field(min_length=1, max_length=MAX_PATTERN_LENGTH)
+    selector: str = Field(min_length=1, max_length=1000)
+
+    @field_validator("selector")
+    @classmethod
+    def _css(cls, v: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get(CLIENT_INPUT):
+            from cssselect import SelectorError
+            from lxml.cssselect import CSSSelector
+
+            try:
+                CSSSelector(v, translator="html")
+            except SelectorError as exc:
+                raise ValueError(f"not a CSS selector lxml can use: {v!r} ({exc})") from None
+        return v
 
 
 class ParseOptions(_Model):
     specific_sitemaps: list[str] = Field(default_factory=list)
     include_headers: dict[str, str] = Field(default_factory=dict)
     use_browser_rendering: bool = False
-    content_selector: list[ContentSelector] = Field(default_factory=list)
-    include_images: bool = False
+    content_selector: list[ContentSelector] = Field(default_factory=list, max_length=MAX_CONTENT_SELECTORS)
+    include_images: bool = False  # keep images as ![alt](src): their alt text is indexed (no vision model)
 
     @field_validator("specific_sitemaps")
     @classmethod
@@ -316,6 +333,18 @@ class InstanceConfig(_Model):
     @property
     def parse_options(self) -> ParseOptions:
         return self.source_params.web_crawler.parse_options
+
+    @property
+    def indexing_signature(self) -> tuple[Any, ...]:
+        """The options that decide what a stored page becomes in the index (extraction, chunking,
+        custom metadata): when they change, stored pages are indexed again."""
+        return (
+            self.chunk_size,
+            self.chunk_overlap,
+            [f.model_dump() for f in self.custom_metadata],
+            [r.model_dump() for r in self.parse_options.content_selector],
+            self.parse_options.include_images,
+        )
 
 
 def normalize_source(source: str, *, client_input: bool = True) -> str:

@@ -37,6 +37,7 @@ from indexer.extract import (
     extract_html,
     extract_text_document,
     mime_type,
+    selector_for,
 )
 from indexer.rawstore import RawStore
 from indexer.state import CLAIM_LEASE_SECONDS, StateStore
@@ -145,12 +146,16 @@ class Indexer:
                 "skipped",
                 message=f"Skipped: {len(page.body)} bytes is over the {self.settings.max_page_bytes} byte page limit",
             )
-        doc = self._extract(page.body, page.content_type, page.url)
+        config = self._instance_config(instance_id)
+        parse_options = ((config.get("source_params") or {}).get("web_crawler") or {}).get("parse_options") or {}
+        selector = selector_for(parse_options.get("content_selector") or (), page.url)
+        doc = self._extract(page.body, page.content_type, page.url, selector=selector,
+                            include_images=bool(parse_options.get("include_images")))
         if doc is None:
             return IndexOutcome("skipped", message=f"Skipped: unsupported content type {page.content_type!r}")
         if not doc.title and page.headers.get(TITLE_HEADER):  # uploads: the converter's title
             doc = Extracted(title=page.headers[TITLE_HEADER], markdown=doc.markdown, canonical=doc.canonical)
-        config = self._instance_config(instance_id)
+        note = f"content_selector {selector!r} matched nothing: the whole page was indexed" if doc.selector_missed else None
         # the model's max input counts [CLS] and [SEP]; count_tokens does not
         chunk_size = min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2)
         overlap = int(config.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP))
@@ -197,12 +202,15 @@ class Indexer:
             self.vectors.delete_item(instance_id, item["id"])
             return IndexOutcome("deleted", message="deleted while it was being indexed")
         self.state.update_item(item["id"], content_hash=fingerprint, title=doc.title, folder=meta["folder"])
-        return IndexOutcome("indexed", chunks=len(chunks))
+        return IndexOutcome("indexed", chunks=len(chunks), message=note)
 
-    def _extract(self, body: bytes, content_type: str, url: str) -> Extracted | None:
+    def _extract(
+        self, body: bytes, content_type: str, url: str, *, selector: str | None = None, include_images: bool = False
+    ) -> Extracted | None:
         ctype = mime_type(content_type)
         if not ctype or ctype in HTML_TYPES:
-            return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES, content_type=content_type)
+            return extract_html(body, url, fast=len(body) > FAST_EXTRACT_BYTES, content_type=content_type,
+                                selector=selector, include_images=include_images)
         if ctype in TEXT_TYPES:
             return extract_text_document(decode_text(body, content_type))
         # PDFs, Office and other documents a site links from its sitemap: the upload converters.
@@ -240,5 +248,5 @@ class Indexer:
             return
         self.state.incr_job(job_id, **{counter: 1})
         if outcome.message:
-            level = "error" if outcome.status == "error" else "info"
+            level = {"error": "error", "indexed": "warning"}.get(outcome.status, "info")  # indexed: with a caveat
             self.state.log(job_id, outcome.message, url=item["key"], level=level)

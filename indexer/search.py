@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,14 @@ class SearchHit:
     score: float
     context: str | None = None
     custom: dict[str, Any] = field(default_factory=dict)  # the instance's custom_metadata values
+    # context_expansion: neighbouring chunks of the same item, (chunk id, text) in page order
+    before: tuple[tuple[str, str], ...] = ()
+    after: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def full_text(self) -> str:
+        """The chunk with its neighbours (``context_expansion``), in page order."""
+        return "\n\n".join([*(t for _c, t in self.before), self.text, *(t for _c, t in self.after)])
 
 
 @dataclass(slots=True)
@@ -261,6 +269,31 @@ def _fill_cosine(service: IndexService, instance_id: str, vector: np.ndarray, by
     for cid, emb in service.vectors.embeddings(instance_id, missing).items():
         denom = float(np.linalg.norm(emb) * np.linalg.norm(q)) or 1.0
         by_id[cid].cosine = float(min(1.0, max(0.0, float(emb @ q) / denom)))
+
+
+MAX_CONTEXT_EXPANSION = 3  # neighbouring chunks on each side of a hit
+
+
+def expand_context(service: IndexService, instance_id: str, hits: list[SearchHit], n: int) -> list[SearchHit]:
+    """Each hit with up to ``n`` neighbouring chunks of its page on each side (``context_expansion``).
+
+    Chunk ``i`` of an item has id ``<item id>:<i>``; neighbours past either end of the page do not
+    exist and are left out.  Scores and order are unchanged.
+    """
+    if n <= 0 or not hits:
+        return hits
+    wanted: list[tuple[list[str], list[str]]] = []
+    for hit in hits:
+        item, _sep, index = hit.chunk_id.rpartition(":")
+        i = int(index) if item and index.isdigit() else None
+        wanted.append(([], []) if i is None else (
+            [f"{item}:{j}" for j in range(max(0, i - n), i)], [f"{item}:{j}" for j in range(i + 1, i + n + 1)]))
+    texts = service.vectors.texts(instance_id, sorted({cid for b, a in wanted for cid in (*b, *a)}))
+    return [
+        replace(hit, before=tuple((c, texts[c]) for c in before if c in texts),
+                after=tuple((c, texts[c]) for c in after if c in texts))
+        for hit, (before, after) in zip(hits, wanted, strict=True)
+    ]
 
 
 def to_hit(cand: Candidate, score: float) -> SearchHit:

@@ -266,6 +266,15 @@ class VectorStore:
         return {cid: np.asarray(emb, dtype=np.float32) for cid, emb in zip(res["ids"], res["embeddings"], strict=True)}
 
 
+    @_server_errors
+    def texts(self, instance_id: str, chunk_ids: Sequence[str]) -> dict[str, str]:
+        """Stored texts of the given chunks (missing ids are left out)."""
+        if not chunk_ids:
+            return {}
+        res = self._collection(instance_id).get(ids=list(chunk_ids), include=["documents"])
+        return {cid: doc or "" for cid, doc in zip(res["ids"], res["documents"], strict=True)}
+
+
 def folder_for_url(url: str) -> str:
     """The ``folder`` metadata of a crawled page: host plus the URL path's directory, e.g. ``example.com/blog/``."""
     parts = urlsplit(url)

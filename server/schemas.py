@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from indexer.boost import MAX_BOOSTS
 from indexer.instance import BoostBy
-from indexer.search import SearchHit
+from indexer.search import MAX_CONTEXT_EXPANSION, SearchHit
 
 
 class _Body(BaseModel):
@@ -39,6 +39,8 @@ class RetrievalOptions(_Body):
     fusion_method: Literal["rrf", "max"] | None = None
     keyword_match_mode: Literal["and", "or"] | None = None
     boost_by: list[BoostBy] | None = Field(default=None, max_length=MAX_BOOSTS)  # None: the instance's; []: none
+    # neighbouring chunks added around each result (per side); true means 1
+    context_expansion: int | None = Field(default=None, ge=0, le=MAX_CONTEXT_EXPANSION)
 
 
 class QueryRewriteOptions(_Body):
@@ -121,7 +123,10 @@ def hit_public(hit: SearchHit) -> dict[str, Any]:
             "folder": hit.folder,
             "file": file,
         },
-        "content": [{"id": hit.chunk_id, "type": "text", "text": hit.text}],
+        "content": [  # with context_expansion, the neighbouring chunks around the hit, in page order
+            {"id": cid, "type": "text", "text": text}
+            for cid, text in (*hit.before, (hit.chunk_id, hit.text), *hit.after)
+        ],
     }
 
 

@@ -150,6 +150,12 @@ def test_patch_refuses_fixed_fields(client: TestClient, field: str, value: str) 
         ({"index_method": {"vector": False, "keyword": False}}, "index_method"),
         ({"custom_metadata": [{"field_name": "folder"}]}, "custom_metadata"),
         ({"sync_interval": 60}, "sync_interval"),
+        ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": "**", "selector": "div[[x"}]}}}},
+         "content_selector"),
+        ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": "", "selector": "main"}]}}}},
+         "content_selector"),
+        ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": f"/p{i}/**", "selector": "main"}
+                                                                                   for i in range(11)]}}}}, "content_selector"),
         ({"rewrite_query": "sometimes"}, "rewrite_query"),
     ],
 )

@@ -27,8 +27,6 @@ router = APIRouter(prefix="/client/v4/accounts/{account_id}/ai-search/instances"
 
 #: Fields fixed at creation (seeds: "Configuration", editable = no).
 IMMUTABLE_FIELDS = ("id", "type", "source", "embedding_model", "name")
-#: Options whose change re-indexes every stored page (how it is chunked, and the values stored with it).
-REINDEX_FIELDS = ("chunk_size", "chunk_overlap", "custom_metadata")
 
 
 def parse_config(data: dict[str, Any]) -> InstanceConfig:
@@ -103,10 +101,9 @@ def update_instance(
     patch = unmask_headers(canonical_names(body), row["config"])  # aliases first, or the stored names would win
     config = parse_config(_deep_merge(current, patch))
     state.update_instance_config(instance_id, config.model_dump(mode="json"))
-    changed = [f for f in REINDEX_FIELDS if getattr(config, f) != getattr(cfg, f)]
-    if changed:  # stored pages are indexed again under the new settings (the fingerprint differs)
+    if config.indexing_signature != cfg.indexing_signature:  # stored pages are indexed again under the new options
         count = state.requeue_indexed(instance_id)
-        logger.info("instance %s: %s changed, %d indexed items queued to be indexed again", instance_id, ", ".join(changed), count)
+        logger.info("instance %s: indexing options changed, %d indexed items queued to be indexed again", instance_id, count)
     forget_instance(request, instance_id)  # other API processes: within instance_cache_seconds
     updated: dict[str, Any] = state.get_instance(instance_id)  # type: ignore[assignment]
     return envelope(instance_public(updated, reveal_secrets=may_read_secrets(principal)))

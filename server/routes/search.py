@@ -37,7 +37,7 @@ from indexer.instance import InstanceConfig
 from indexer.keyword import KeywordQueryError
 from indexer.metafilter import FilterError
 from indexer.rerank import RerankError, get_reranker
-from indexer.search import RetrievalOptions, SearchHit, search
+from indexer.search import RetrievalOptions, SearchHit, expand_context, search
 from indexer.simcache import SimilarityCache, threshold_name
 from server.auth import (
     RUN,
@@ -84,6 +84,7 @@ class Plan:
     rewrite_requested: bool  # by the request (400 without a generator) rather than the instance
     rewrite_model: str | None
     rewrite_prompt: str | None
+    context_expansion: int = 0  # neighbouring chunks added around each hit, per side
 
 
 def plan_search(config: InstanceConfig, body: SearchRequest) -> Plan:
@@ -140,6 +141,7 @@ def plan_search(config: InstanceConfig, body: SearchRequest) -> Plan:
         rewrite_requested=requested,
         rewrite_model=rewrite_model,
         rewrite_prompt=rewrite_prompt or config.system_prompt_rewrite_query,
+        context_expansion=(body.ai_search_options.retrieval.context_expansion or 0) if body.ai_search_options else 0,
     )
 
 
@@ -215,7 +217,7 @@ def execute(service: Any, principal: Principal, instance_id: str, plan: Plan) ->
         )
     except (FilterError, KeywordQueryError) as exc:
         raise APIError(400, str(exc)) from None
-    return query, hits
+    return query, expand_context(service, instance_id, hits, plan.context_expansion)
 
 
 def search_result(query: str, hits: list[SearchHit]) -> dict[str, Any]:
