@@ -23,10 +23,19 @@ DOCS = {
 }
 
 
+# custom_metadata values as the pipeline stores them (number: float, datetime: epoch ms); d, e, f have none
+CUSTOM = {"category": "text", "version": "number", "is_public": "boolean", "published": "datetime"}
+CUSTOM_VALUES: dict[str, dict[str, Any]] = {
+    "a": {"category": "guide", "version": 2.5, "is_public": True, "published": 1_767_225_600_000},
+    "b": {"category": "faq", "version": 3.0, "is_public": False},
+    "c": {"category": "guide", "version": 10.0, "published": 1_704_067_200_000},
+}
+
+
 def _meta(item: str) -> dict[str, Any]:
     folder, ts, _text, context = DOCS[item]
     m: dict[str, Any] = {"item_id": item, "filename": f"https://{folder}{item}.html", "folder": folder,
-                         "timestamp": ts, "title": f"Page {item}", "chunk": 0}
+                         "timestamp": ts, "title": f"Page {item}", "chunk": 0, **CUSTOM_VALUES.get(item, {})}
     if context:
         m["context"] = context
     return m
@@ -103,6 +112,19 @@ FILTERS = [
     {"type": "and", "filters": [{"type": "eq", "key": "folder", "value": "docs.example.com/guide/"},
                                 {"type": "gt", "key": "timestamp", "value": 1_700_000_050_000}]},
     {"type": "gte", "key": "filename", "value": "https://docs"},
+    {"type": "eq", "key": "category", "value": "guide"},
+    {"type": "ne", "key": "category", "value": "guide"},
+    {"type": "gte", "key": "version", "value": 3},
+    {"type": "lt", "key": "Version", "value": 3.5},
+    {"type": "eq", "key": "is_public", "value": True},
+    {"type": "ne", "key": "is_public", "value": True},
+    {"type": "eq", "key": "is_public", "value": "false"},
+    {"type": "gt", "key": "published", "value": "2025-06-01"},
+    {"type": "lte", "key": "published", "value": 1_704_067_200_999},
+    {"type": "or", "filters": [{"type": "eq", "key": "category", "value": "faq"},
+                               {"type": "eq", "key": "category", "value": "guide"}]},
+    {"type": "and", "filters": [{"type": "eq", "key": "category", "value": "guide"},
+                                {"type": "gt", "key": "timestamp", "value": 1_700_000_100_000}]},
 ]
 
 
@@ -110,7 +132,7 @@ FILTERS = [
 def test_filters_select_the_same_chunks_as_chroma(store: VectorStore, flt: dict[str, Any]) -> None:
     distinct = {k: sorted({str(_meta(i).get(k)) for i in DOCS if _meta(i).get(k)}) for k in ("folder", "filename", "context")}
     for prefix in (None, "customer-a/"):
-        where = compile_filters(flt, lambda key: distinct[key], folder_prefix=prefix)
+        where = compile_filters(flt, lambda key: distinct[key], folder_prefix=prefix, custom=CUSTOM)
         chroma_ids = set(store._collection("t").get(where=where)["ids"])
         keyword_ids = {h.chunk_id for h in store.keywords.query("t", "common battery", n=100, where=where)}
         # "common battery" (OR) matches every document, so the filter alone decides
