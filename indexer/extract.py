@@ -174,6 +174,35 @@ def extract_html(
     return Extracted(title=title, markdown=_tidy(text), canonical=canonical, selector_missed=missed)
 
 
+MIN_STATIC_TEXT = 200  # characters of Markdown under which a script-built page gets a rendering hint
+HEAD_SCAN_BYTES = 1024 * 1024  # how much of a page is searched for scripts and a mount point
+_APP_MOUNT = re.compile(
+    rb"""<[a-z][a-z0-9-]*\b[^>]*\sid\s*=\s*["']?(?:root|app|__next|__nuxt|___gatsby|svelte|q-app|main-app)["'\s/>]""",
+    re.IGNORECASE,
+)
+_NOSCRIPT_JS = re.compile(rb"<noscript\b[^>]*>[^<]{0,300}javascript", re.IGNORECASE)
+
+
+def rendering_hint(html: bytes, markdown: str) -> str | None:
+    """A job-log hint for a page whose static HTML is an application shell, else None.
+
+    A page qualifies when its extracted text is short (< ``MIN_STATIC_TEXT`` characters), it
+    loads scripts, and it has a single-page-app mount point (``id="root"``, ``"app"``,
+    ``"__next"``...) or a ``<noscript>`` asking for JavaScript.
+    """
+    if len(markdown) >= MIN_STATIC_TEXT:
+        return None
+    head = html[:HEAD_SCAN_BYTES]
+    scripts = head.lower().count(b"<script")
+    if not scripts or not (_APP_MOUNT.search(head) or _NOSCRIPT_JS.search(head)):
+        return None
+    return (
+        f"only {len(markdown)} characters of text in the page's HTML, which loads {scripts} script(s) into an "
+        "application shell: if the site builds its pages with JavaScript, set "
+        "source_params.web_crawler.parse_options.use_browser_rendering to true"
+    )
+
+
 def select_fragment(tree: lxml.html.HtmlElement, selector: str) -> lxml.html.HtmlElement | None:
     """A new document holding only the elements ``selector`` matches (outermost ones, in page order).
 

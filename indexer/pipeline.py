@@ -37,6 +37,7 @@ from indexer.extract import (
     extract_html,
     extract_text_document,
     mime_type,
+    rendering_hint,
     selector_for,
 )
 from indexer.rawstore import RawStore
@@ -155,7 +156,11 @@ class Indexer:
             return IndexOutcome("skipped", message=f"Skipped: unsupported content type {page.content_type!r}")
         if not doc.title and page.headers.get(TITLE_HEADER):  # uploads: the converter's title
             doc = Extracted(title=page.headers[TITLE_HEADER], markdown=doc.markdown, canonical=doc.canonical)
-        note = f"content_selector {selector!r} matched nothing: the whole page was indexed" if doc.selector_missed else None
+        notes = [f"content_selector {selector!r} matched nothing: the whole page was indexed"] if doc.selector_missed else []
+        if not parse_options.get("use_browser_rendering") and mime_type(page.content_type) in ("", *HTML_TYPES):
+            hint = rendering_hint(page.body, doc.markdown)
+            notes += [hint] if hint else []
+        note = "; ".join(notes) or None
         # the model's max input counts [CLS] and [SEP]; count_tokens does not
         chunk_size = min(int(config.get("chunk_size") or DEFAULT_CHUNK_SIZE), self.embedder.max_tokens - 2)
         overlap = int(config.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP))

@@ -91,6 +91,27 @@ def test_content_selector_indexes_only_the_chosen_fragment(crawled: dict[str, An
 
 
 @pytest.mark.slow
+def test_a_script_built_page_gets_a_rendering_hint(crawled: dict[str, Any], model_dir: Path, tmp_path: Path) -> None:
+    """tests/site_js/index.html is an app shell ('Loading...' + a script): the static crawl's log says
+    to turn rendering on; the ordinary pages of the other site get no such hint."""
+    client, job = crawled["client"], crawled["job"]
+    logs = client.get(f"{ACCOUNT}/instances/boat/jobs/{job['id']}/logs?per_page=1000", headers=AUTH).json()["result"]
+    assert not [line for line in logs if "use_browser_rendering" in line["message"]]
+    with DevSite(Path(__file__).resolve().parent / "site_js") as site, \
+            TestClient(create_app(make_settings(tmp_path / "data", model_dir))) as js_client:
+        r = js_client.post(f"{ACCOUNT}/instances", json={"id": "spa", "type": "web-crawler", "source": site.url},
+                           headers=AUTH)
+        assert r.status_code == 200, r.text
+        r = js_client.post(f"{ACCOUNT}/instances/spa/jobs", headers=AUTH)
+        job = wait_for_job(js_client, "spa", r.json()["result"]["id"])
+        assert job["status"] == "completed", job
+        logs = js_client.get(f"{ACCOUNT}/instances/spa/jobs/{job['id']}/logs?per_page=1000", headers=AUTH).json()["result"]
+    hints = [line for line in logs if "use_browser_rendering" in line["message"]]
+    assert [(h["url"], h["level"]) for h in hints] == [(f"{site.url}/", "warning")], logs
+    assert hints[0]["message"].startswith("only 10 characters of text in the page's HTML, which loads 1 script(s)")
+
+
+@pytest.mark.slow
 def test_include_images_indexes_alt_text(crawled: dict[str, Any]) -> None:
     r = crawled["client"].post(f"{ACCOUNT}/instances/boat/search", headers=AUTH,
                                json={"query": "drawing of the impeller housing", "max_num_results": 1})
