@@ -164,6 +164,7 @@ CACHE_THRESHOLDS = {
     "loose": "anything_goes",
 }
 RESERVED_METADATA = ("folder", "filename", "timestamp", "context")
+INDEX_KEYS = ("item_id", "chunk")  # stored on every chunk by the indexer
 
 
 class IndexMethod(_Model):
@@ -271,6 +272,23 @@ class InstanceConfig(_Model):
     def _id(cls, v: str) -> str:
         if not INSTANCE_ID_RE.match(v or ""):
             raise ValueError("must be 1-64 characters of lowercase letters, digits, '-' and '_', starting and ending with a letter or digit")
+        return v
+
+    @field_validator("custom_metadata")
+    @classmethod
+    def _distinct_fields(cls, v: list[CustomMetadataField], info: ValidationInfo) -> list[CustomMetadataField]:
+        """Field names are matched case-insensitively (meta tags, headers, filters), so two that differ
+        only in case would collide; ``item_id`` and ``chunk`` are the index's own keys."""
+        if not (info.context or {}).get(CLIENT_INPUT):
+            return v
+        seen: set[str] = set()
+        for i, f in enumerate(v):
+            low = f.field_name.lower()
+            if low in seen:
+                raise ValueError(f"[{i}].field_name: {f.field_name!r} is already a field (names are case-insensitive)")
+            if low in {*RESERVED_METADATA, *INDEX_KEYS}:
+                raise ValueError(f"[{i}].field_name: {f.field_name!r} is built-in metadata; choose another name")
+            seen.add(low)
         return v
 
     @field_validator("retrieval_options")
