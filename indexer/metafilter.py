@@ -196,8 +196,7 @@ def _compile_custom(name: str, data_type: str, op: str, value: Any, field: str) 
         else:
             typed = None
     elif isinstance(value, str):
-        typed = coerce(value, data_type)
-        typed = float(typed) if data_type == "number" and typed is not None else typed
+        typed = coerce(value, data_type)  # as the indexer reads a tag or header
     else:
         typed = None
     if typed is None or (isinstance(typed, float) and not math.isfinite(typed)):
