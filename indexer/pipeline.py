@@ -22,12 +22,7 @@ from urllib.parse import urlsplit
 from indexer.chunker import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_sections
 from indexer.config import Settings
 from indexer.convert import UnsupportedFileType, convert
-from indexer.custom_metadata import (
-    INTERNAL_KEYS,
-    fingerprint_part,
-    page_values,
-    schema_of,
-)
+from indexer.custom_metadata import INTERNAL_KEYS, fingerprint_part, page_values, schema_of
 from indexer.embedder import Embedder
 from indexer.extract import (
     HTML_TYPES,
