@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -109,29 +109,55 @@ class Hit(Protocol):
 
 
 # --- extractive -----------------------------------------------------------------------------
-def extractive_sentences(query: str, hits: Sequence[Hit], *, max_sentences: int = 4) -> list[str]:
+#: Scores each sentence's similarity to the query (cosine in [-1, 1]), e.g. :func:`embedding_similarity`.
+SentenceSimilarity = Callable[[Sequence[str]], Sequence[float]]
+
+
+def extractive_sentences(
+    query: str, hits: Sequence[Hit], *, max_sentences: int = 4, similarity: SentenceSimilarity | None = None
+) -> list[str]:
     """The best sentences of the top chunks, in source order, each ending with its ``[n]`` citation.
+
+    A sentence scores its chunk's score minus 0.05 per rank below the first chunk, plus its
+    similarity to the query: the embedding cosine when ``similarity`` is given (what
+    ``/ai-search`` uses; ``bench/extractive.py`` measures both), else the share of the query's
+    words it contains.
 
     Args:
         query: the user's question.
         hits: retrieved chunks, best first.
         max_sentences: how many sentences to keep.
+        similarity: scores sentences against the query; None: word overlap.
 
     Returns:
         Cited sentences (empty when nothing qualifies).
     """
-    q_words = {w.lower() for w in _WORD.findall(query) if len(w) > 2}
-    scored: list[tuple[float, int, int, str]] = []
-    for rank, hit in enumerate(hits[:MAX_SOURCES]):
-        for pos, sentence in enumerate(s.strip() for s in _SENTENCE.split(hit.text)):
-            if len(sentence) < 20:
-                continue
-            words = {w.lower() for w in _WORD.findall(sentence)}
-            overlap = len(q_words & words) / (len(q_words) or 1)
-            scored.append((overlap + hit.score - 0.05 * rank, rank, pos, sentence))
+    candidates = [
+        (rank, pos, sentence)
+        for rank, hit in enumerate(hits[:MAX_SOURCES])
+        for pos, sentence in enumerate(s.strip() for s in _SENTENCE.split(hit.text))
+        if len(sentence) >= 20
+    ]
+    if not candidates:
+        return []
+    if similarity is not None:
+        relevance = [float(x) for x in similarity([s for _r, _p, s in candidates])]
+    else:
+        q_words = {w.lower() for w in _WORD.findall(query) if len(w) > 2}
+        relevance = [len(q_words & {w.lower() for w in _WORD.findall(s)}) / (len(q_words) or 1) for _r, _p, s in candidates]
+    scored = [(rel + hits[rank].score - 0.05 * rank, rank, pos, s) for rel, (rank, pos, s) in zip(relevance, candidates, strict=True)]
     best = sorted(scored, reverse=True)[:max_sentences]
     best.sort(key=lambda t: (t[1], t[2]))
     return [f"{s} [{rank + 1}]" for _, rank, _, s in best]
+
+
+def embedding_similarity(embedder: Any, query: str) -> SentenceSimilarity:
+    """Cosine of each sentence to ``query`` with the index's embedding model (normalised vectors)."""
+
+    def score(sentences: Sequence[str]) -> Sequence[float]:
+        return [float(x) for x in embedder.embed(list(sentences)) @ embedder.embed_query(query)]
+
+    return score
 
 
 def sources_block(hits: Sequence[Hit]) -> str:
@@ -140,30 +166,35 @@ def sources_block(hits: Sequence[Hit]) -> str:
     return "Sources:\n" + "\n".join(lines)
 
 
-def extractive_parts(query: str, hits: Sequence[Hit], *, max_sentences: int = 4) -> Iterator[str]:
+def extractive_parts(
+    query: str, hits: Sequence[Hit], *, max_sentences: int = 4, similarity: SentenceSimilarity | None = None
+) -> Iterator[str]:
     """The extractive answer as pieces (prefix, sentences, sources) for streaming; joined by :func:`extractive_answer`."""
     if not hits:
         yield NO_RESULTS
         return
     yield EXTRACTIVE_PREFIX + "\n\n"
-    sentences = extractive_sentences(query, hits, max_sentences=max_sentences)
+    sentences = extractive_sentences(query, hits, max_sentences=max_sentences, similarity=similarity)
     for i, s in enumerate(sentences):
         yield s + (" " if i < len(sentences) - 1 else "")
     yield "\n\n" + sources_block(hits)
 
 
-def extractive_answer(query: str, hits: Sequence[Hit], *, max_sentences: int = 4) -> str:
+def extractive_answer(
+    query: str, hits: Sequence[Hit], *, max_sentences: int = 4, similarity: SentenceSimilarity | None = None
+) -> str:
     """Best sentences of the top chunks, each with a [n] citation, then the sources (no generation model).
 
     Args:
         query: the user's question.
         hits: retrieved chunks, best first.
         max_sentences: how many sentences to keep.
+        similarity: scores sentences against the query (see :func:`extractive_sentences`).
 
     Returns:
         The answer text; it starts with :data:`EXTRACTIVE_PREFIX` so it says it is extractive.
     """
-    return "".join(extractive_parts(query, hits, max_sentences=max_sentences))
+    return "".join(extractive_parts(query, hits, max_sentences=max_sentences, similarity=similarity))
 
 
 # --- generation -----------------------------------------------------------------------------

@@ -231,3 +231,22 @@ def test_context_metadata_is_passed_to_generation() -> None:
     message = context_message("What is the fee?", [hit])
     assert "Context: Signed by ACME in 2025; supersedes v1." in message
     assert "The fee is 40 EUR." in message
+
+
+def test_extractive_sentences_by_embedding_find_a_paraphrase(model_dir: Path, tmp_path: Path) -> None:
+    """The answer to a paraphrased question: word overlap picks the sentence sharing its words,
+    the embedding scorer (what /ai-search uses) the one that answers it."""
+    from indexer.answer import embedding_similarity, extractive_sentences
+    from indexer.embedder import load_embedder
+    from indexer.search import SearchHit
+
+    text = ("The battery sits in a sealed case and the battery weighs three hundred grams. "
+            "It runs for forty hours before it needs to be plugged in again.")
+    hit = SearchHit(item_id="i", chunk_id="i:0", filename="lamp.html", folder="", timestamp=0, title="Lamp",
+                    text=text, score=0.6)
+    query = "How long does the battery last?"
+    embedder = load_embedder(model_dir, tmp_path)
+    by_words = extractive_sentences(query, [hit], max_sentences=1)
+    by_meaning = extractive_sentences(query, [hit], max_sentences=1, similarity=embedding_similarity(embedder, query))
+    assert by_words == ["The battery sits in a sealed case and the battery weighs three hundred grams. [1]"]
+    assert by_meaning == ["It runs for forty hours before it needs to be plugged in again. [1]"]

@@ -36,7 +36,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from indexer.answer import AnswerError, extractive_answer
+from indexer.answer import AnswerError, embedding_similarity, extractive_answer
 from indexer.config import Settings
 from indexer.instance import InstanceConfig
 from indexer.search import SearchHit
@@ -272,7 +272,7 @@ def answer_text(service: Any, plan: AskPlan, hits: list[SearchHit]) -> str:
     """
     gen = generator_for(service, plan.config) if hits else None
     if gen is None:
-        return extractive_answer(plan.search_query, hits)
+        return extractive_answer(plan.search_query, hits, similarity=embedding_similarity(service.embedder, plan.search_query))
     try:
         return gen.answer(plan.search_query, hits, system_prompt=plan.config.system_prompt_ai_search)
     except AnswerError as exc:

@@ -28,6 +28,7 @@ from indexer.answer import (
     AnswerError,
     GenerationConfig,
     Generator,
+    embedding_similarity,
     extractive_answer,
     extractive_parts,
     sources_block,
@@ -350,10 +351,10 @@ def instance_ai_search(
     result = search_result(query, hits)
     gen = generator_for(service, config, model=body.model) if hits else None
     if body.stream:
-        return StreamingResponse(_sse(result, query, hits, gen, system_prompt), media_type="text/event-stream",
+        return StreamingResponse(_sse(result, query, hits, gen, system_prompt, service), media_type="text/event-stream",
                                  headers={CACHE_HEADER: "MISS"})
     if gen is None:
-        result["response"] = extractive_answer(query, hits)
+        result["response"] = extractive_answer(query, hits, similarity=embedding_similarity(service.embedder, query))
     else:
         try:
             result["response"] = gen.answer(query, hits, system_prompt=system_prompt)
@@ -376,12 +377,12 @@ def _content_hash(state: Any, item_id: str) -> str | None:
 
 
 def _sse(result: dict[str, Any], query: str, hits: list[SearchHit], gen: Generator | None,
-         system_prompt: str | None) -> Iterator[str]:
+         system_prompt: str | None, service: Any) -> Iterator[str]:
     """The streamed answer: results first, then answer pieces, then ``[DONE]``."""
     yield _event({"search_query": result["search_query"], "data": result["data"]})
     try:
         if gen is None:
-            for piece in extractive_parts(query, hits):
+            for piece in extractive_parts(query, hits, similarity=embedding_similarity(service.embedder, query)):
                 yield _event({"response": piece})
         else:
             for token in gen.stream(gen.answer_messages(query, hits, system_prompt=system_prompt)):
