@@ -238,6 +238,10 @@ def test_a_schema_change_reindexes_stored_pages(crawled: dict[str, Any]) -> None
     schema = [*SCHEMA, {"field_name": "audience", "data_type": "text"}]
     r = client.patch(f"{ACCOUNT}/instances/meta", json={"custom_metadata": schema}, headers=AUTH)
     assert r.status_code == 200, r.text
+    assert r.json()["messages"] == [{"code": 0, "message": f"indexing options changed: {len(PAGES)} indexed items are "
+                                                            "being indexed again from their stored pages"}]
+    r = client.patch(f"{ACCOUNT}/instances/meta", json={"max_num_results": 12}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["messages"] == []  # a retrieval option re-indexes nothing
     admins = {"type": "eq", "key": "audience", "value": "admins"}
     wait_until(lambda: pages(search(client, "install the harbour tool", admins), site) == {"install"})
     items = client.get(f"{ACCOUNT}/instances/meta/items?per_page=100", headers=AUTH).json()["result"]

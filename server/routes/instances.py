@@ -101,12 +101,15 @@ def update_instance(
     patch = unmask_headers(canonical_names(body), row["config"])  # aliases first, or the stored names would win
     config = parse_config(_deep_merge(current, patch))
     state.update_instance_config(instance_id, config.model_dump(mode="json"))
+    messages = []
     if config.indexing_signature != cfg.indexing_signature:  # stored pages are indexed again under the new options
         count = state.requeue_indexed(instance_id)
-        logger.info("instance %s: indexing options changed, %d indexed items queued to be indexed again", instance_id, count)
+        note = f"indexing options changed: {count} indexed items are being indexed again from their stored pages"
+        logger.info("instance %s: %s", instance_id, note)
+        messages.append({"code": 0, "message": note})
     forget_instance(request, instance_id)  # other API processes: within instance_cache_seconds
     updated: dict[str, Any] = state.get_instance(instance_id)  # type: ignore[assignment]
-    return envelope(instance_public(updated, reveal_secrets=may_read_secrets(principal)))
+    return {**envelope(instance_public(updated, reveal_secrets=may_read_secrets(principal))), "messages": messages}
 
 
 @router.delete("/{instance_id}")
