@@ -57,6 +57,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from indexer.robots_meta import AGENT_TOKENS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -67,12 +69,13 @@ __all__ = [
     "robots_policy_for_status",
 ]
 
-USER_AGENT_TOKEN = "sitesearch"
 #: Product tokens whose groups our crawler obeys, in priority order. The first one that
 #: has a group in the file wins; ``*`` applies only when none has. After our own token
 #: come Cloudflare AI Search's crawler names (current, then the pre-2026 one), so a site
 #: that moves from Cloudflare AI Search keeps the rules it wrote for that crawler.
-ROBOTS_AGENT_TOKENS: tuple[str, ...] = (USER_AGENT_TOKEN, "cloudflare-ai-search", "cloudflare-autorag")
+#: The same names address us in robots ``<meta>`` tags and ``X-Robots-Tag`` (indexer.robots_meta).
+ROBOTS_AGENT_TOKENS: tuple[str, ...] = AGENT_TOKENS
+USER_AGENT_TOKEN = ROBOTS_AGENT_TOKENS[0]  # "sitesearch"
 MAX_ROBOTS_BYTES = 500 * 1024
 # google/robotstxt keeps at most kMaxLineLen - 1 = 2083 * 8 - 1 characters of a line.
 MAX_LINE_CHARS = 2083 * 8 - 1

@@ -32,11 +32,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import lxml.etree
-import lxml.html
-from w3lib.encoding import html_to_unicode
 
-from indexer.extract import HTML_TYPES, mime_type
+from indexer.extract import HTML_TYPES, head_meta, mime_type
 from indexer.metafilter import iso_seconds
 
 logger = logging.getLogger(__name__)
@@ -51,10 +48,7 @@ AMZ_META_PREFIX = "x-amz-meta-"
 OPEN_GRAPH = {"title": "og:title", "description": "og:description", "image": "og:image"}
 TRUE_VALUES = frozenset({"true", "1", "yes"})
 FALSE_VALUES = frozenset({"false", "0", "no"})
-HEAD_SCAN_CHARS = 512 * 1024  # a page without </head> is read this far for its meta tags
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_HEAD_END = re.compile(r"</head\s*>|<body[\s>]", re.IGNORECASE)
-_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, no_network=True)
 
 Schema = list[tuple[str, str]]
 
@@ -114,40 +108,10 @@ def _epoch_ms(text: str) -> int | None:
 
 
 def meta_tags(html: bytes | str, content_type: str | None = None) -> dict[str, str]:
-    """The ``<meta name|property=... content=...>`` tags of a page's head, names lowercased.
-
-    Only the document up to ``</head>`` (or the first ``<body>``) is parsed.  The first tag
-    with a given name wins.
-
-    Args:
-        html: the page, as bytes (decoded as a browser would) or text.
-        content_type: the HTTP ``Content-Type``, for its charset.
-
-    Returns:
-        Lowercased tag name → ``content`` value.
-    """
-    if isinstance(html, bytes):
-        head_bytes = html[: HEAD_SCAN_CHARS * 2]
-        _enc, text = html_to_unicode(content_type, head_bytes)
-    else:
-        text = html
-    end = _HEAD_END.search(text, 0, HEAD_SCAN_CHARS)
-    head = text[: end.start()] if end else text[:HEAD_SCAN_CHARS]
-    if "<meta" not in head.lower():
-        return {}
-    try:
-        root = lxml.html.document_fromstring(head.encode("utf-8"), parser=_PARSER)
-    except (lxml.etree.ParserError, ValueError):
-        return {}
+    """The page's head ``<meta>`` tags as lowercased name → ``content``; the first tag with a name wins."""
     tags: dict[str, str] = {}
-    for el in root.iter("meta"):
-        content = el.get("content")
-        if content is None:
-            continue
-        for attr in ("name", "property"):
-            name = (el.get(attr) or "").strip().lower()
-            if name and name not in tags:
-                tags[name] = content
+    for name, content in head_meta(html, content_type):
+        tags.setdefault(name, content)
     return tags
 
 

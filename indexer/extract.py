@@ -174,6 +174,48 @@ def extract_html(
     return Extracted(title=title, markdown=_tidy(text), canonical=canonical, selector_missed=missed)
 
 
+HEAD_SCAN_CHARS = 512 * 1024  # a page without </head> is read this far for its meta tags
+_HEAD_END = re.compile(r"</head\s*>|<body[\s>]", re.IGNORECASE)
+_HEAD_PARSER = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, no_network=True)
+
+
+def head_meta(html: bytes | str, content_type: str | None = None) -> list[tuple[str, str]]:
+    """The ``<meta name|property=... content=...>`` tags of a page's head, in order, names lowercased.
+
+    Only the document up to ``</head>`` (or the first ``<body>``) is parsed, so a ``<meta>`` in
+    the body is not read.  A tag with both ``name`` and ``property`` gives two pairs.
+
+    Args:
+        html: the page, as bytes (decoded as a browser would) or text.
+        content_type: the HTTP ``Content-Type``, for its charset.
+
+    Returns:
+        ``(name, content)`` pairs; empty when there are none or the head cannot be parsed.
+    """
+    if isinstance(html, bytes):
+        _enc, text = html_to_unicode(content_type, html[: HEAD_SCAN_CHARS * 2])
+    else:
+        text = html
+    end = _HEAD_END.search(text, 0, HEAD_SCAN_CHARS)
+    head = text[: end.start()] if end else text[:HEAD_SCAN_CHARS]
+    if "<meta" not in head.lower():
+        return []
+    try:
+        root = lxml.html.document_fromstring(head.encode("utf-8"), parser=_HEAD_PARSER)
+    except (lxml.etree.ParserError, ValueError):
+        return []
+    pairs = []
+    for el in root.iter("meta"):
+        content = el.get("content")
+        if content is None:
+            continue
+        for attr in ("name", "property"):
+            name = (el.get(attr) or "").strip().lower()
+            if name:
+                pairs.append((name, content))
+    return pairs
+
+
 MIN_STATIC_TEXT = 200  # characters of Markdown under which a script-built page gets a rendering hint
 HEAD_SCAN_BYTES = 1024 * 1024  # how much of a page is searched for scripts and a mount point
 _APP_MOUNT = re.compile(

@@ -84,6 +84,8 @@ class ParseOptions(_Model):
     use_browser_rendering: bool = False
     content_selector: list[ContentSelector] = Field(default_factory=list, max_length=MAX_CONTENT_SELECTORS)
     include_images: bool = False  # keep images as ![alt](src): their alt text is indexed (no vision model)
+    # our extension: obey noindex/nofollow in robots <meta> tags and X-Robots-Tag (indexer/robots_meta.py)
+    respect_robots_meta: bool = True
 
     @field_validator("specific_sitemaps")
     @classmethod
@@ -362,6 +364,7 @@ class InstanceConfig(_Model):
             [f.model_dump() for f in self.custom_metadata],
             [r.model_dump() for r in self.parse_options.content_selector],
             self.parse_options.include_images,
+            self.parse_options.respect_robots_meta,
         )
 
 

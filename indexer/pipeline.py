@@ -36,6 +36,7 @@ from indexer.extract import (
     selector_for,
 )
 from indexer.rawstore import RawStore
+from indexer.robots_meta import NOINDEX, page_directives
 from indexer.state import CLAIM_LEASE_SECONDS, StateStore
 from indexer.vectorstore import VectorStore, folder_for_url
 
@@ -144,6 +145,10 @@ class Indexer:
             )
         config = self._instance_config(instance_id)
         parse_options = ((config.get("source_params") or {}).get("web_crawler") or {}).get("parse_options") or {}
+        if item.get("origin") != "upload" and parse_options.get("respect_robots_meta", True) and (
+            NOINDEX in page_directives(page.body, page.content_type, page.headers)
+        ):
+            return IndexOutcome("skipped", message="Skipped: the page says noindex (robots meta tag or X-Robots-Tag)")
         selector = selector_for(parse_options.get("content_selector") or (), page.url)
         doc = self._extract(page.body, page.content_type, page.url, selector=selector,
                             include_images=bool(parse_options.get("include_images")))

@@ -58,6 +58,7 @@ class DevSite:
         gone: paths that answer 410.
         delay: seconds to sleep before each response.
         content_types: path → ``Content-Type`` value sent as is (e.g. ``text/html`` with no charset).
+        extra_headers: path → headers added to its 200 answers (e.g. ``X-Robots-Tag``).
     """
 
     def __init__(
@@ -70,12 +71,14 @@ class DevSite:
         gone: set[str] | None = None,
         delay: float = 0.0,
         content_types: dict[str, str] | None = None,
+        extra_headers: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.protected = protected or {}
         self.gone = set(gone or ())
         self.delay = delay
         self.content_types = dict(content_types or {})
+        self.extra_headers = dict(extra_headers or {})
         self.requests: list[LoggedRequest] = []
         self.in_flight = 0  # requests being answered right now
         self.max_in_flight = 0  # the most ever answered at once (politeness checks)
@@ -179,6 +182,6 @@ class DevSite:
                 if ctype.startswith("text/") or ctype in ("application/xml",):
                     ctype += "; charset=utf-8"
                 ctype = site.content_types.get(path, ctype)
-                return 200, body, {"Content-Type": ctype, "ETag": etag, "Last-Modified": mtime}
+                return 200, body, {"Content-Type": ctype, "ETag": etag, "Last-Modified": mtime, **site.extra_headers.get(path, {})}
 
         return Handler

@@ -52,6 +52,7 @@ from indexer.instance import InstanceConfig
 from indexer.pathfilter import PathFilter
 from indexer.pipeline import RELEASE_CLAIM
 from indexer.rawstore import RawPage, RawStore
+from indexer.robots_meta import NOFOLLOW, page_directives
 from indexer.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -573,12 +574,17 @@ class SiteSpider(scrapy.Spider):
             return
         body: bytes = response.body if response.status != 304 else b""
         content_type = _header(response, "Content-Type")
+        headers = _headers(response)
         if response.status == 304:  # unchanged since last sync: its links come from the stored copy
             page = self.raw.get(self.instance_id, item_id)
-            body, content_type = (page.body, page.content_type) if page else (b"", "")
+            body, content_type, headers = (page.body, page.content_type, page.headers) if page else (b"", "", {})
         ctype = mime_type(content_type)
         if not body or (ctype and ctype not in HTML_TYPES):
             return
+        if self.instance.parse_options.respect_robots_meta:
+            if NOFOLLOW in page_directives(body, content_type, headers):
+                self.log_job("links not followed: the page says nofollow (robots meta tag or X-Robots-Tag)", url=response.url)
+                return
         found = extract_links(body, response.url, self.scope, content_type)
         limit = min(self.discover_options.limit, self.settings_obj.max_pages_per_instance)
         for url in found.links:
@@ -738,7 +744,7 @@ class SiteSpider(scrapy.Spider):
                 RawPage(
                     url=response.url,
                     status=status,
-                    headers={k.decode("latin-1"): b", ".join(v).decode("latin-1") for k, v in response.headers.items()},
+                    headers=_headers(response),
                     body=response.body,
                     fetched_at=now,
                     content_type=ctype,
@@ -945,3 +951,8 @@ def status_ok(status: int) -> bool:
 def _header(response: Response, name: str) -> str | None:
     value = response.headers.get(name)
     return value.decode("latin-1") if value else None
+
+
+def _headers(response: Response) -> dict[str, str]:
+    """All response headers as text, repeated ones joined by ``, ``."""
+    return {k.decode("latin-1"): b", ".join(v).decode("latin-1") for k, v in response.headers.items()}
