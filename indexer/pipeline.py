@@ -136,6 +136,10 @@ class Indexer:
             reason = item.get("delete_reason") or f"HTTP {item['http_status']}: removed from the index"
             return IndexOutcome("deleted", message=reason)
         page = self.raw.get(instance_id, item["id"])
+        if page is None and item.get("pending_job") is None and item.get("chunks", 0) > 0:
+            # handed back for re-indexing (an options PATCH) but its stored page is on another
+            # machine (scale-out): its chunks stay as they are until the page is fetched again
+            return IndexOutcome("unchanged", chunks=item["chunks"])
         if page is None:
             return IndexOutcome("error", message="stored page is missing")
         if len(page.body) > self.settings.max_page_bytes:
