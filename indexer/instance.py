@@ -64,6 +64,11 @@ class ContentSelector(_Model):
     path: str = Field(min_length=1, max_length=MAX_PATTERN_LENGTH)
     selector: str = Field(min_length=1, max_length=1000)
 
+    @field_validator("path")
+    @classmethod
+    def _glob(cls, v: str) -> str:
+        return validate_patterns([v], field="path")[0]  # no control characters, not blank
+
     @field_validator("selector")
     @classmethod
     def _css(cls, v: str, info: ValidationInfo) -> str:

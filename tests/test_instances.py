@@ -158,6 +158,10 @@ def test_patch_refuses_fixed_fields(client: TestClient, field: str, value: str) 
          "content_selector"),
         ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": "", "selector": "main"}]}}}},
          "content_selector"),
+        ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": "/a\x07", "selector": "main"}]}}}},
+         "content_selector"),
+        ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": "**", "selector": "p::before"}]}}}},
+         "content_selector"),
         ({"source_params": {"web_crawler": {"parse_options": {"content_selector": [{"path": f"/p{i}/**", "selector": "main"}
                                                                                    for i in range(11)]}}}}, "content_selector"),
         ({"rewrite_query": "sometimes"}, "rewrite_query"),

@@ -106,7 +106,8 @@ def update_instance(
         count = state.requeue_indexed(instance_id)
         note = f"indexing options changed: {count} indexed items are being indexed again from their stored pages"
         logger.info("instance %s: %s", instance_id, note)
-        messages.append({"code": 0, "message": note})
+        if count:
+            messages.append({"code": 0, "message": note})
     forget_instance(request, instance_id)  # other API processes: within instance_cache_seconds
     updated: dict[str, Any] = state.get_instance(instance_id)  # type: ignore[assignment]
     return {**envelope(instance_public(updated, reveal_secrets=may_read_secrets(principal))), "messages": messages}
