@@ -27,7 +27,7 @@ from indexer.chunker import (
     MAX_CHUNK_OVERLAP,
     MIN_CHUNK_SIZE,
 )
-from indexer.pathfilter import MAX_PATTERN_LENGTH, validate_patterns
+from indexer.pathfilter import validate_patterns
 
 INSTANCE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 7230 token
@@ -35,6 +35,7 @@ MAX_HEADERS = 5
 MAX_SITEMAPS = 5
 MAX_PATTERNS = 10
 MAX_CONTENT_SELECTORS = 10  # content_selector rules (our bound; Cloudflare documents none)
+MAX_SELECTOR_LENGTH = 1000
 SYNC_INTERVALS = (3600, 7200, 14400, 21600, 43200, 86400)  # seconds, as in Cloudflare's API
 DEFAULT_SYNC_INTERVAL = 21600  # 6 hours
 DEFAULT_EMBEDDING_MODEL = "sitesearch/all-MiniLM-L6-v2-onnx"
@@ -61,13 +62,20 @@ class ContentSelector(_Model):
     """One ``content_selector`` rule: pages whose URL matches ``path`` (a path-filter glob) are
     indexed from the elements ``selector`` (CSS) matches; the first matching rule wins."""
 
-    path: str = Field(min_length=1, max_length=MAX_PATTERN_LENGTH)
-    selector: str = Field(min_length=1, max_length=1000)
+    path: str
+    selector: str
 
+    # Checked on client input only: a stored config loads as it was accepted (these fields were
+    # stored unchecked before they were applied).
     @field_validator("path")
     @classmethod
-    def _glob(cls, v: str) -> str:
-        return validate_patterns([v], field="path")[0]  # no control characters, not blank
+    def _glob(cls, v: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get(CLIENT_INPUT):
+            try:  # not blank, ≤ MAX_PATTERN_LENGTH, no control characters
+                validate_patterns([v], field="path")
+            except ValueError as exc:
+                raise ValueError(str(exc).removeprefix("path[0]: ")) from None
+        return v
 
     @field_validator("selector")
     @classmethod
@@ -76,6 +84,8 @@ class ContentSelector(_Model):
             from cssselect import SelectorError
             from lxml.cssselect import CSSSelector
 
+            if not v.strip() or len(v) > MAX_SELECTOR_LENGTH:
+                raise ValueError(f"a CSS selector of 1 to {MAX_SELECTOR_LENGTH} characters")
             try:
                 CSSSelector(v, translator="html")
             except SelectorError as exc:
@@ -87,10 +97,17 @@ class ParseOptions(_Model):
     specific_sitemaps: list[str] = Field(default_factory=list)
     include_headers: dict[str, str] = Field(default_factory=dict)
     use_browser_rendering: bool = False
-    content_selector: list[ContentSelector] = Field(default_factory=list, max_length=MAX_CONTENT_SELECTORS)
+    content_selector: list[ContentSelector] = Field(default_factory=list)
     include_images: bool = False  # keep images as ![alt](src): their alt text is indexed (no vision model)
     # our extension: obey noindex/nofollow in robots <meta> tags and X-Robots-Tag (indexer/robots_meta.py)
     respect_robots_meta: bool = True
+
+    @field_validator("content_selector")
+    @classmethod
+    def _selectors(cls, v: list[ContentSelector], info: ValidationInfo) -> list[ContentSelector]:
+        if (info.context or {}).get(CLIENT_INPUT) and len(v) > MAX_CONTENT_SELECTORS:
+            raise ValueError(f"at most {MAX_CONTENT_SELECTORS} rules (got {len(v)})")
+        return v
 
     @field_validator("specific_sitemaps")
     @classmethod
