@@ -26,21 +26,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-
 from indexer.extract import HTML_TYPES, head_meta, mime_type
+from indexer.instance import INDEX_KEYS, RESERVED_METADATA
 from indexer.metafilter import iso_seconds
-
-logger = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 500
 #: Chunk metadata keys a custom field never overwrites (a field named ``title`` does replace the title).
-INTERNAL_KEYS = frozenset({"item_id", "chunk", "filename", "folder", "timestamp", "context"})
+INTERNAL_KEYS = frozenset({*RESERVED_METADATA, *INDEX_KEYS})
 #: Chunk metadata keys that are not custom values (search results show them in their own places).
 BUILTIN_KEYS = INTERNAL_KEYS | {"title"}
 AMZ_META_PREFIX = "x-amz-meta-"

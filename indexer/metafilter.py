@@ -142,11 +142,15 @@ def _compile_top(f: Mapping[str, Any], distinct: DistinctValues, field: str, fie
     return _compile_comparison(f, distinct, field, fields)
 
 
+def _custom_field(key: Any, fields: _Fields) -> tuple[str, str] | None:
+    """``(name as the schema spells it, data type)`` when ``key`` names a custom field, else None."""
+    return fields.get(key.lower()) if isinstance(key, str) and key not in KEYS else None
+
+
 def _folded(key: Any, fields: _Fields) -> Any:
     """A custom field's name as the schema spells it (built-in keys and unknown keys unchanged)."""
-    if isinstance(key, str) and key not in KEYS and key.lower() in fields:
-        return fields[key.lower()][0]
-    return key
+    custom = _custom_field(key, fields)
+    return key if custom is None else custom[0]
 
 
 def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: str, fields: _Fields) -> dict[str, Any]:
@@ -154,7 +158,7 @@ def _compile_comparison(f: Mapping[str, Any], distinct: DistinctValues, field: s
     key = f.get("key")
     if op not in COMPARISONS:
         raise FilterError(f"{field}.type: must be one of {', '.join(COMPARISONS + COMPOUNDS)}, got {op!r}")
-    custom = fields.get(key.lower()) if isinstance(key, str) and key not in KEYS else None
+    custom = _custom_field(key, fields)
     if key not in KEYS and custom is None:
         known = ", ".join([*KEYS, *(name for name, _t in fields.values())])
         raise FilterError(f"{field}.key: must be one of {known}, got {key!r}")
